@@ -1,0 +1,497 @@
+import collections
+import functools
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+sys.path.append(str(pathlib.Path(__file__).parent))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow_probability import distributions as tfd  # noqa: E402
+from tf_keras import mixed_precision as prec  # noqa: E402
+
+import models  # noqa: E402
+import tools  # noqa: E402
+import wrappers  # noqa: E402
+
+tf.get_logger().setLevel('ERROR')
+
+CONFIGS = pathlib.Path(__file__).parent / 'configs.yaml'
+
+
+class Dreamer(tools.Module):
+
+  def __init__(self, config, datadir, actspace, writer, logger):
+    self._c = config
+    self._actspace = actspace
+    self._actdim = actspace.shape[0]
+    self._writer = writer
+    self._logger = logger
+    self._step = count_steps(datadir, config)
+    self._should_pretrain = tools.Once()
+    self._should_train = tools.Every(config.train_every)
+    self._should_log = tools.Every(config.log_every)
+    self._metrics = collections.defaultdict(list)
+    self._updates = 0
+    self._float = prec.global_policy().compute_dtype
+    self._dataset = iter(load_dataset(datadir, self._c))
+    self._build_model()
+
+  @property
+  def step(self):
+    return self._step
+
+  def __call__(self, obs, reset, state=None, training=True):
+    if state is not None and reset.any():
+      mask = tf.cast(1 - reset, self._float)[:, None]
+      state = tf.nest.map_structure(lambda x: x * mask, state)
+    if training and self._should_train(self._step):
+      log = self._should_log(self._step)
+      n = self._c.pretrain if self._should_pretrain() else self._c.train_steps
+      for _ in range(n):
+        self.train_step(next(self._dataset))
+      if log:
+        self._write_summaries()
+    obs = {'image': obs['image']}
+    amount = tf.constant(self._exploration_amount(training), tf.float32)
+    action, state = self.policy(obs, state, training, amount)
+    if training:
+      self._step += len(reset) * self._c.action_repeat
+    return action, state
+
+  @tf.function
+  def policy(self, obs, state, training, amount):
+    if state is None:
+      latent = self._dynamics.initial(tf.shape(obs['image'])[0])
+      action = tf.zeros((tf.shape(obs['image'])[0], self._actdim), self._float)
+    else:
+      latent, action = state
+    embed = self._encode(preprocess(obs, self._c))
+    latent, _ = self._dynamics.obs_step(latent, action, embed)
+    feat = self._dynamics.get_feat(latent)
+    if training:
+      action = self._actor(feat).sample()
+    else:
+      action = self._actor(feat).mode()
+    action = tf.cast(self._exploration(action, amount), self._float)
+    return action, (latent, action)
+
+  def train_step(self, data):
+    metrics = self.train(data)
+    for key, value in metrics.items():
+      self._metrics[key].append(float(value))
+    self._updates += 1
+
+  @tf.function
+  def train(self, data):
+    return self._train(data)
+
+  def _train(self, data):
+    with tf.GradientTape() as model_tape:
+      embed = self._encode(data)
+      post, prior = self._dynamics.observe(embed, data['action'])
+      feat = self._dynamics.get_feat(post)
+      image_pred = self._decode(feat)
+      reward_pred = self._reward(feat)
+      likes = tools.AttrDict()
+      likes.image = tf.reduce_mean(
+          image_pred.log_prob(tf.cast(data['image'], tf.float32)))
+      likes.reward = tf.reduce_mean(reward_pred.log_prob(data['reward']))
+      if self._c.pcont:
+        pcont_pred = self._pcont(feat)
+        pcont_target = self._c.discount * data['discount']
+        likes.pcont = tf.reduce_mean(pcont_pred.log_prob(pcont_target))
+        likes.pcont *= self._c.pcont_scale
+      prior_dist = self._dynamics.get_dist(prior)
+      post_dist = self._dynamics.get_dist(post)
+      div = tf.reduce_mean(tfd.kl_divergence(post_dist, prior_dist))
+      div = tf.maximum(div, self._c.free_nats)
+      model_loss = self._c.kl_scale * div - sum(likes.values())
+
+    with tf.GradientTape() as actor_tape:
+      imag_feat = self._imagine_ahead(post)
+      reward = self._reward(imag_feat).mode()
+      if self._c.pcont:
+        pcont = self._pcont(imag_feat).mean()
+      else:
+        pcont = self._c.discount * tf.ones_like(reward)
+      value = self._value(imag_feat).mode()
+      returns = tools.lambda_return(
+          reward[:-1], value[:-1], pcont[:-1],
+          bootstrap=value[-1], lambda_=self._c.disclam, axis=0)
+      discount = tf.stop_gradient(tf.math.cumprod(tf.concat(
+          [tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0))
+      actor_loss = -tf.reduce_mean(discount * returns)
+
+    with tf.GradientTape() as value_tape:
+      value_pred = self._value(imag_feat)[:-1]
+      target = tf.stop_gradient(returns)
+      value_loss = -tf.reduce_mean(discount * value_pred.log_prob(target))
+
+    model_norm = self._model_opt(model_tape, model_loss)
+    actor_norm = self._actor_opt(actor_tape, actor_loss)
+    value_norm = self._value_opt(value_tape, value_loss)
+
+    metrics = dict(
+        model_grad_norm=model_norm, value_grad_norm=value_norm,
+        actor_grad_norm=actor_norm,
+        prior_ent=tf.reduce_mean(prior_dist.entropy()),
+        post_ent=tf.reduce_mean(post_dist.entropy()),
+        div=div, model_loss=model_loss, value_loss=value_loss,
+        actor_loss=actor_loss,
+        action_ent=tf.reduce_mean(self._actor(feat).entropy()))
+    for name, logprob in likes.items():
+      metrics[name + '_loss'] = -logprob
+    return metrics
+
+  def _build_model(self):
+    acts = dict(
+        elu=tf.nn.elu, relu=tf.nn.relu, swish=tf.nn.swish,
+        leaky_relu=tf.nn.leaky_relu)
+    cnn_act = acts[self._c.cnn_act]
+    act = acts[self._c.dense_act]
+    self._encode = models.ConvEncoder(self._c.cnn_depth, cnn_act)
+    self._dynamics = models.RSSM(
+        self._c.stoch_size, self._c.deter_size, self._c.deter_size)
+    self._decode = models.ConvDecoder(self._c.cnn_depth, cnn_act)
+    self._reward = models.DenseDecoder((), 2, self._c.num_units, act=act)
+    if self._c.pcont:
+      self._pcont = models.DenseDecoder(
+          (), 3, self._c.num_units, 'binary', act=act)
+    self._value = models.DenseDecoder((), 3, self._c.num_units, act=act)
+    self._actor = models.ActionDecoder(
+        self._actdim, 4, self._c.num_units, self._c.action_dist,
+        init_std=self._c.action_init_std, act=act)
+    model_modules = [self._encode, self._dynamics, self._decode, self._reward]
+    if self._c.pcont:
+      model_modules.append(self._pcont)
+    Optimizer = functools.partial(
+        tools.Adam, wd=self._c.weight_decay, clip=self._c.grad_clip,
+        wdpattern=self._c.weight_decay_pattern)
+    self._model_opt = Optimizer('model', model_modules, self._c.model_lr)
+    self._value_opt = Optimizer('value', [self._value], self._c.value_lr)
+    self._actor_opt = Optimizer('actor', [self._actor], self._c.actor_lr)
+    self._modules_to_save = model_modules + [self._value, self._actor]
+    self._optimizers = [self._model_opt, self._value_opt, self._actor_opt]
+    # A train step creates all variables, optimizer statistics included.
+    self.train(next(self._dataset))
+
+  def checkpoint_variables(self):
+    variables = [v for m in self._modules_to_save for v in m.variables]
+    variables += [v for opt in self._optimizers for v in opt.variables]
+    return variables
+
+  def save(self, filename):
+    tools.save_checkpoint(
+        filename, self.checkpoint_variables(), self._step, self._c)
+
+  def load(self, checkpoint, filename):
+    tools.load_variables(checkpoint, self.checkpoint_variables(), filename)
+    self._should_pretrain()
+
+  def _exploration_amount(self, training):
+    if not training:
+      return self._c.eval_noise
+    amount = self._c.expl_amount
+    if self._c.expl_decay:
+      amount *= 0.5 ** (self._step / self._c.expl_decay)
+    if self._c.expl_min:
+      amount = max(self._c.expl_min, amount)
+    return amount
+
+  def _exploration(self, action, amount):
+    if self._c.expl == 'additive_gaussian':
+      noisy = tfd.Normal(tf.cast(action, tf.float32), amount).sample()
+      return tf.where(amount > 0, tf.clip_by_value(noisy, -1, 1), action)
+    if self._c.expl == 'completely_random':
+      return tf.random.uniform(tf.shape(action), -1, 1)
+    raise NotImplementedError(self._c.expl)
+
+  def _imagine_ahead(self, post):
+    if self._c.pcont:  # Last step could be terminal.
+      post = {k: v[:, :-1] for k, v in post.items()}
+    flatten = lambda x: tf.reshape(x, [-1] + list(x.shape[2:]))
+    start = {k: flatten(v) for k, v in post.items()}
+    policy = lambda state: self._actor(
+        tf.stop_gradient(self._dynamics.get_feat(state))).sample()
+    states = tools.static_scan(
+        lambda prev, _: self._dynamics.img_step(prev, policy(prev)),
+        tf.range(self._c.horizon), start)
+    imag_feat = self._dynamics.get_feat(states)
+    return imag_feat
+
+  @tf.function
+  def _openl_video(self, data):
+    # Truth, model (5 observed frames, then open-loop prior) and error.
+    embed = self._encode(data)
+    truth = tf.cast(data['image'][:6], tf.float32) + 0.5
+    post, _ = self._dynamics.observe(embed[:6, :5], data['action'][:6, :5])
+    recon = self._decode(self._dynamics.get_feat(post)).mode()
+    init = {k: v[:, -1] for k, v in post.items()}
+    prior = self._dynamics.imagine(data['action'][:6, 5:], init)
+    openl = self._decode(self._dynamics.get_feat(prior)).mode()
+    model = tf.concat([recon + 0.5, openl + 0.5], 1)
+    error = (model - truth + 1) / 2
+    return tf.concat([truth, model, error], 2)
+
+  def _write_summaries(self):
+    metrics = {k: float(np.mean(v)) for k, v in self._metrics.items()}
+    self._metrics.clear()
+    self._logger.write(self._step, metrics, self._updates)
+    self._updates = 0
+    if self._c.log_images:
+      video = self._openl_video(next(self._dataset)).numpy()
+      with self._writer.as_default():
+        tools.video_summary(
+            'agent/openl', np.clip(video, 0, 1), self._step,
+            self._c.logdir / 'images')
+
+
+class Logger:
+  """Writes metrics.jsonl and TensorBoard and prints one progress line."""
+
+  def __init__(self, config, writer, datadir):
+    self._c = config
+    self._writer = writer
+    self._datadir = datadir
+    self._filename = config.logdir / 'metrics.jsonl'
+    self._timer = tools.Timer()
+    self._last_step = None
+    self.returns = {}
+
+  def scalars(self, step, metrics):
+    tools.append_jsonl(self._filename, {'step': int(step), **metrics})
+    if self._c.log_scalars:
+      with self._writer.as_default():
+        for key, value in metrics.items():
+          prefix = '' if '/' in key else 'agent/'
+          tf.summary.scalar(prefix + key, value, step)
+
+  def write(self, step, metrics, updates):
+    duration = self._timer.reset()
+    if self._last_step is not None:
+      metrics['fps'] = (step - self._last_step) / duration
+      metrics['updates_per_sec'] = updates / duration
+    self._last_step = step
+    self.scalars(step, metrics)
+    self._writer.flush()
+    self.progress(step, metrics)
+
+  def progress(self, step, metrics):
+    episodes, _ = tools.count_episodes(self._datadir)
+    fps = metrics.get('fps')
+    eta = tools.format_duration((self._c.steps - step) / fps) if fps else '-'
+    fmt = lambda value, spec: '-' if value is None else format(value, spec)
+    print(
+        f'[{step}/{self._c.steps} {100 * step / self._c.steps:.1f}%] '
+        f'episodes {episodes} | '
+        f'train return {fmt(self.returns.get("train"), ".1f")} | '
+        f'test return {fmt(self.returns.get("test"), ".1f")} | '
+        f'{fmt(metrics.get("updates_per_sec"), ".2f")} updates/s | '
+        f'{fmt(fps, ".1f")} env steps/s | ETA {eta}', flush=True)
+
+
+def preprocess(obs, config):
+  dtype = prec.global_policy().compute_dtype
+  obs = obs.copy()
+  obs['image'] = tf.cast(obs['image'], dtype) / 255.0 - 0.5
+  if 'action' in obs:
+    obs['action'] = tf.cast(obs['action'], dtype)
+  if 'reward' in obs:
+    clip_rewards = dict(none=lambda x: x, tanh=tf.tanh)[config.clip_rewards]
+    obs['reward'] = clip_rewards(tf.cast(obs['reward'], tf.float32))
+  return obs
+
+
+def count_steps(datadir, config):
+  return tools.count_episodes(datadir)[1] * config.action_repeat
+
+
+def load_dataset(directory, config):
+  episode = next(tools.load_episodes(directory, 1, config.batch_length))
+  signature = {
+      k: tf.TensorSpec((config.batch_length,) + v.shape[1:], v.dtype)
+      for k, v in episode.items()}
+  generator = lambda: tools.load_episodes(
+      directory, config.train_steps, config.batch_length,
+      config.dataset_balance, config.seed)
+  dataset = tf.data.Dataset.from_generator(
+      generator, output_signature=signature)
+  dataset = dataset.batch(config.batch_size, drop_remainder=True)
+  dataset = dataset.map(functools.partial(preprocess, config=config))
+  dataset = dataset.prefetch(10)
+  return dataset
+
+
+def summarize_episode(episode, config, datadir, writer, logger, prefix):
+  episodes, steps = tools.count_episodes(datadir)
+  length = (len(episode['reward']) - 1) * config.action_repeat
+  ret = float(episode['reward'].sum())
+  logger.returns[prefix] = ret
+  print(f'{prefix.title()} episode of length {length} with return {ret:.1f}.')
+  step = steps * config.action_repeat
+  logger.scalars(step, {
+      f'{prefix}/return': ret, f'{prefix}/length': length // config.action_repeat,
+      'episodes': episodes})
+  if prefix == 'test' and config.log_images:
+    with writer.as_default():
+      tools.video_summary(f'sim/{prefix}/video', episode['image'][None], step)
+
+
+def make_env(config, writer, logger, prefix, datadir, store):
+  env = wrappers.make_async_env(config, f'{prefix} env')
+  callbacks = []
+  if store:
+    callbacks.append(lambda ep: tools.save_episodes(datadir, [ep]))
+  callbacks.append(lambda ep: summarize_episode(
+      ep, config, datadir, writer, logger, prefix))
+  env = wrappers.Collect(env, callbacks)
+  env = wrappers.RewardObs(env)
+  return env
+
+
+def setup_precision(precision):
+  if precision not in ('auto', '16', '32'):
+    raise tools.ConfigError(
+        f'--precision must be auto, 16 or 32, got {precision!r}.')
+  gpus = tf.config.list_physical_devices('GPU')
+  if precision == 'auto':
+    precision = '16' if gpus else '32'
+  policy = 'mixed_float16' if precision == '16' else 'float32'
+  prec.set_global_policy(policy)
+  return policy
+
+
+def check_logdir(logdir):
+  try:
+    logdir.mkdir(parents=True, exist_ok=True)
+    probe = logdir / f'.write-test-{os.getpid()}'
+    probe.write_bytes(b'')
+    probe.unlink()
+  except OSError as e:
+    raise tools.ConfigError(
+        f'Cannot write to logdir {logdir} ({e.strerror}); choose a writable '
+        f'--logdir.') from None
+
+
+def main(config):
+  config.logdir = pathlib.Path(config.logdir).expanduser()
+  if config.gpu_growth:
+    for gpu in tf.config.list_physical_devices('GPU'):
+      tf.config.experimental.set_memory_growth(gpu, True)
+  policy = setup_precision(str(config.precision))
+  check_logdir(config.logdir)
+  checkpoint_path = config.logdir / 'variables.pkl'
+  checkpoint = None
+  if checkpoint_path.exists():
+    checkpoint = tools.read_checkpoint(checkpoint_path)
+    tools.check_checkpoint_config(checkpoint, config, checkpoint_path)
+  tools.save_config(config, config.logdir / 'config.yaml')
+  print(f'Logdir {config.logdir} (precision {policy}).', flush=True)
+  if config.steps == 0:
+    env = wrappers.make_async_env(config, 'check env')
+    try:
+      env.action_space  # Builds the task in a worker: unknown task, no GL.
+    finally:
+      env.close()
+    print('Dry run: wrote config.yaml and checked the task; not training.')
+    return
+  tf.random.set_seed(config.seed)
+  np.random.seed(config.seed)
+
+  datadir = config.logdir / 'episodes'
+  writer = tf.summary.create_file_writer(
+      str(config.logdir), max_queue=1000, flush_millis=20000)
+  logger = Logger(config, writer, datadir)
+  train_envs, test_envs = [], []
+  try:
+    for index in range(config.envs):
+      train_envs.append(make_env(
+          config, writer, logger, 'train', datadir, store=True))
+      test_envs.append(make_env(
+          config, writer, logger, 'test', datadir, store=False))
+    actspace = train_envs[0].action_space
+    run(config, datadir, writer, logger, train_envs, test_envs, actspace,
+        checkpoint, checkpoint_path)
+  finally:
+    for env in train_envs + test_envs:
+      env.close()
+    writer.flush()
+
+
+def run(config, datadir, writer, logger, train_envs, test_envs, actspace,
+        checkpoint, checkpoint_path):
+  # Prefill dataset with random episodes.
+  step = count_steps(datadir, config)
+  prefill = max(0, config.prefill - step)
+  print(f'Prefill dataset with {prefill} steps.', flush=True)
+  if prefill:
+    random = np.random.RandomState(config.seed)
+    low, high = actspace.minimum, actspace.maximum
+    random_agent = lambda o, d, _: (
+        [random.uniform(low, high).astype(np.float32) for _ in d], None)
+    tools.simulate(random_agent, train_envs, prefill / config.action_repeat)
+    writer.flush()
+
+  # Train and regularly evaluate the agent.
+  step = count_steps(datadir, config)
+  agent = Dreamer(config, datadir, actspace, writer, logger)
+  evaluated = False
+  if checkpoint is not None:
+    agent.load(checkpoint, checkpoint_path)
+    evaluated = checkpoint['step'] == step
+    print(f'Resumed from checkpoint at step {checkpoint["step"]}; '
+          f'{step} env steps stored.', flush=True)
+  print(f'Simulating agent for {max(0, config.steps - step)} steps.', flush=True)
+  state = None
+  while True:
+    if not evaluated:
+      print('Start evaluation.', flush=True)
+      tools.simulate(
+          functools.partial(agent, training=False), test_envs, episodes=1)
+      writer.flush()
+      agent.save(checkpoint_path)
+    evaluated = False
+    if step >= config.steps:
+      break
+    print('Start collection.', flush=True)
+    steps = min(config.eval_every, config.steps - step) // config.action_repeat
+    state = tools.simulate(agent, train_envs, steps, state=state)
+    step = count_steps(datadir, config)
+  print(f'Finished training at step {step}.', flush=True)
+
+
+def parse_args(argv):
+  """--configs name... merges presets; then --key value pairs override."""
+  names, rest = ['defaults'], []
+  index = 0
+  while index < len(argv):
+    if argv[index] == '--configs':
+      names = []
+      index += 1
+      while index < len(argv) and not argv[index].startswith('--'):
+        names.append(argv[index])
+        index += 1
+      if not names:
+        raise tools.ConfigError('--configs needs at least one preset name.')
+    else:
+      rest.append(argv[index])
+      index += 1
+  presets = tools.load_presets(CONFIGS)
+  return tools.make_config(presets, names, rest)
+
+
+if __name__ == '__main__':
+  try:
+    main(parse_args(sys.argv[1:]))
+  except (tools.ConfigError, wrappers.EnvError) as e:
+    print(f'Error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print('Interrupted; rerun the same command to resume.', file=sys.stderr)
+    sys.exit(130)

@@ -1,0 +1,555 @@
+import datetime
+import io
+import json
+import os
+import pathlib
+import pickle
+import re
+import shutil
+import subprocess
+import time
+import uuid
+import warnings
+
+# Keras 2 through tf_keras: must be set before TensorFlow is first imported.
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_probability as tfp  # noqa: E402
+import tf_keras  # noqa: E402
+from tensorflow_probability import distributions as tfd  # noqa: E402
+from tf_keras import mixed_precision as prec  # noqa: E402
+
+
+class AttrDict(dict):
+
+  __setattr__ = dict.__setitem__
+  __getattr__ = dict.__getitem__
+
+
+class Module(tf.Module):
+
+  def get(self, name, ctor, *args, **kwargs):
+    # Create or get layer by name to avoid mentioning it in the constructor.
+    if not hasattr(self, '_modules'):
+      self._modules = {}
+    if name not in self._modules:
+      self._modules[name] = ctor(*args, **kwargs)
+    return self._modules[name]
+
+
+# Config: named blocks of configs.yaml merged left to right, then --key value.
+
+class ConfigError(ValueError):
+  pass
+
+
+def load_presets(path):
+  import ruamel.yaml
+  return ruamel.yaml.YAML(typ='safe', pure=True).load(pathlib.Path(path).read_text())
+
+
+def parse_value(key, text, default):
+  """Parses a command line string to the type of the key's default."""
+  if isinstance(default, bool):
+    if text not in ('True', 'False'):
+      raise ConfigError(f'--{key} expects True or False, got {text!r}.')
+    return text == 'True'
+  if isinstance(default, int):
+    try:
+      number = float(text)
+    except ValueError:
+      raise ConfigError(f'--{key} expects an integer, got {text!r}.') from None
+    if number != int(number):
+      raise ConfigError(f'--{key} expects an integer, got {text!r}.')
+    return int(number)
+  if isinstance(default, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise ConfigError(f'--{key} expects a number, got {text!r}.') from None
+  if default is None:
+    return text
+  return text
+
+
+def check_value(key, value, default, origin):
+  """Checks a value from a preset against the type of the key's default."""
+  if default is None or value is None:
+    return value
+  if isinstance(default, bool):
+    if not isinstance(value, bool):
+      raise ConfigError(
+          f'{origin}: {key} must be True or False, got {value!r}.')
+    return value
+  if isinstance(default, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ConfigError(f'{origin}: {key} must be a number, got {value!r}.')
+    if isinstance(default, int):
+      if value != int(value):
+        raise ConfigError(f'{origin}: {key} must be an integer, got {value!r}.')
+      return int(value)
+    return float(value)
+  if isinstance(default, str) and not isinstance(value, str):
+    return str(value)
+  return value
+
+
+def make_config(presets, names, overrides):
+  """Merges the named presets left to right, then applies --key value pairs.
+
+  The first preset, usually `defaults`, defines every key and its type.
+  """
+  for name in names:
+    if name not in presets:
+      raise ConfigError(
+          f'Unknown preset {name!r}; choose from {", ".join(presets)} '
+          f'(see configs.yaml).')
+  base = presets[names[0]]
+  config = AttrDict()
+  for name in names:
+    for key, value in (presets[name] or {}).items():
+      if key not in base:
+        raise ConfigError(
+            f'Preset {name!r} sets unknown key {key!r}; every key must be '
+            f'defined in preset {names[0]!r} (configs.yaml).')
+      config[key] = check_value(key, value, base[key], f'preset {name!r}')
+  if len(overrides) % 2:
+    raise ConfigError(
+        f'Expected --key value pairs, got a lone {overrides[-1]!r}.')
+  for flag, text in zip(overrides[::2], overrides[1::2]):
+    if not flag.startswith('--'):
+      raise ConfigError(f'Expected --key value pairs, got {flag!r}.')
+    key = flag[2:].replace('-', '_')
+    if key not in config:
+      close = [k for k in config if key in k or k in key][:3]
+      hint = f' Did you mean {", ".join("--" + k for k in close)}?' if close else ''
+      raise ConfigError(f'Unknown config key --{key}.{hint}')
+    config[key] = parse_value(key, text, base[key])
+  return config
+
+
+def save_config(config, filename):
+  import ruamel.yaml
+  yaml = ruamel.yaml.YAML(typ='safe', pure=True)
+  yaml.default_flow_style = False
+  stream = io.StringIO()
+  yaml.dump({k: (str(v) if isinstance(v, pathlib.Path) else v)
+             for k, v in config.items()}, stream)
+  atomic_write(filename, stream.getvalue().encode('utf-8'))
+
+
+# Files: every write that matters goes to a temporary file and is renamed.
+
+def atomic_write(filename, data):
+  filename = pathlib.Path(filename)
+  filename.parent.mkdir(parents=True, exist_ok=True)
+  temp = filename.with_name(f'.{filename.name}.{uuid.uuid4().hex}.tmp')
+  with temp.open('wb') as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temp, filename)
+
+
+def append_jsonl(filename, record):
+  # One write() of one line on an O_APPEND file: a crash never interleaves.
+  line = (json.dumps(record) + '\n').encode('utf-8')
+  fd = os.open(filename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    os.write(fd, line)
+  finally:
+    os.close(fd)
+
+
+def save_checkpoint(filename, variables, step, config):
+  payload = dict(
+      step=int(step),
+      config={k: str(v) if isinstance(v, pathlib.Path) else v
+              for k, v in config.items()},
+      names=[v.name for v in variables],
+      values=[v.numpy() for v in variables])
+  atomic_write(filename, pickle.dumps(payload, protocol=4))
+
+
+def read_checkpoint(filename):
+  with pathlib.Path(filename).open('rb') as f:
+    try:
+      return pickle.load(f)
+    except Exception as e:
+      raise ConfigError(
+          f'Checkpoint {filename} is unreadable ({type(e).__name__}); move it '
+          f'away to restart training from the stored episodes.') from None
+
+
+# Keys that change the shape or meaning of the stored variables.
+ARCHITECTURE_KEYS = (
+    'task', 'deter_size', 'stoch_size', 'num_units', 'dense_act', 'cnn_act',
+    'cnn_depth', 'pcont', 'action_dist')
+
+
+def check_checkpoint_config(checkpoint, config, filename):
+  old = checkpoint['config']
+  changed = [
+      f'{k}: {old.get(k)!r} -> {config[k]!r}' for k in ARCHITECTURE_KEYS
+      if k in config and old.get(k) != config[k]]
+  if changed:
+    raise ConfigError(
+        f'Checkpoint {filename} comes from an incompatible config '
+        f'({"; ".join(changed)}); rerun with the config in '
+        f'{pathlib.Path(filename).parent / "config.yaml"} or use a new --logdir.')
+
+
+def load_variables(checkpoint, variables, filename):
+  values = checkpoint['values']
+  shapes = [tuple(v.shape) for v in variables]
+  stored = [tuple(np.shape(v)) for v in values]
+  if shapes != stored:
+    raise ConfigError(
+        f'Checkpoint {filename} holds {len(stored)} variables that do not '
+        f'match this model ({len(shapes)}); resume with the config it was '
+        f'written with or use a new --logdir.')
+  for var, value in zip(variables, values):
+    var.assign(value)
+
+
+# Episodes: compressed npz files named <time>-<id>-<length>.npz.
+
+def count_episodes(directory):
+  filenames = pathlib.Path(directory).glob('*.npz')
+  lengths = [int(n.stem.rsplit('-', 1)[-1]) - 1 for n in filenames]
+  return len(lengths), sum(lengths)
+
+
+def save_episodes(directory, episodes):
+  directory = pathlib.Path(directory).expanduser()
+  directory.mkdir(parents=True, exist_ok=True)
+  timestamp = datetime.datetime.now().strftime('%Y%m%dT%H%M%S')
+  filenames = []
+  for episode in episodes:
+    length = len(episode['reward'])
+    filename = directory / f'{timestamp}-{uuid.uuid4().hex}-{length}.npz'
+    with io.BytesIO() as f:
+      np.savez_compressed(f, **episode)
+      atomic_write(filename, f.getvalue())
+    filenames.append(filename)
+  return filenames
+
+
+def load_episode(filename):
+  """Returns the episode as a dict of arrays, or None with a warning."""
+  try:
+    with np.load(filename) as data:
+      episode = {k: data[k] for k in data.keys()}
+    lengths = {len(v) for v in episode.values()}
+    if len(lengths) != 1:
+      raise ValueError(f'keys of different lengths {sorted(lengths)}')
+    return episode
+  except Exception as e:
+    warnings.warn(
+        f'Skipping corrupt episode file {filename} ({type(e).__name__}: {e}); '
+        f'delete it to silence this warning.', stacklevel=2)
+    return None
+
+
+def load_episodes(directory, rescan, length=None, balance=False, seed=0):
+  """Yields random fixed-length chunks, rescanning the directory regularly."""
+  directory = pathlib.Path(directory).expanduser()
+  random = np.random.RandomState(seed)
+  cache, broken = {}, set()
+  while True:
+    for filename in sorted(directory.glob('*.npz')):
+      if filename in cache or filename in broken:
+        continue
+      episode = load_episode(filename)
+      if episode is None:
+        broken.add(filename)
+        continue
+      if length and len(episode['reward']) < length:
+        broken.add(filename)
+        continue
+      cache[filename] = episode
+    if not cache:
+      raise RuntimeError(
+          f'No usable episodes of length >= {length} in {directory}; '
+          f'lower --batch_length or collect longer episodes.')
+    keys = list(cache.keys())
+    for index in random.choice(len(keys), rescan):
+      episode = cache[keys[index]]
+      if length:
+        total = len(episode['reward'])
+        available = total - length
+        if balance:
+          start = min(random.randint(0, total), available)
+        else:
+          start = int(random.randint(0, available + 1))
+        episode = {k: v[start: start + length] for k, v in episode.items()}
+      yield episode
+
+
+# Simulation.
+
+def simulate(agent, envs, steps=0, episodes=0, state=None):
+  """Steps the agent in the envs; returns a state to continue from."""
+  if state is None:
+    step, episode = 0, 0
+    done = np.ones(len(envs), bool)
+    length = np.zeros(len(envs), np.int32)
+    obs = [None] * len(envs)
+    agent_state = None
+  else:
+    step, episode, done, length, obs, agent_state = state
+  while (steps and step < steps) or (episodes and episode < episodes):
+    if done.any():
+      indices = [index for index, d in enumerate(done) if d]
+      promises = [envs[i].reset(blocking=False) for i in indices]
+      for index, promise in zip(indices, promises):
+        obs[index] = promise()
+    stacked = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+    action, agent_state = agent(stacked, done, agent_state)
+    action = np.asarray(action)
+    assert len(action) == len(envs)
+    promises = [e.step(a, blocking=False) for e, a in zip(envs, action)]
+    obs, _, done = zip(*[p()[:3] for p in promises])
+    obs = list(obs)
+    done = np.stack(done)
+    episode += int(done.sum())
+    length += 1
+    step += int((done * length).sum())
+    length *= (1 - done)
+  return (step - steps, episode - episodes, done, length, obs, agent_state)
+
+
+class Every:
+
+  def __init__(self, every):
+    self._every = every
+    self._last = None
+
+  def __call__(self, step):
+    if self._last is None:
+      self._last = step
+      return True
+    if step >= self._last + self._every:
+      self._last += self._every
+      return True
+    return False
+
+
+class Once:
+
+  def __init__(self):
+    self._once = True
+
+  def __call__(self):
+    if self._once:
+      self._once = False
+      return True
+    return False
+
+
+def format_duration(seconds):
+  if not np.isfinite(seconds):
+    return '?'
+  seconds = int(seconds)
+  days, seconds = divmod(seconds, 86400)
+  text = f'{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+  return f'{days}d {text}' if days else text
+
+
+class Timer:
+
+  def __init__(self):
+    self._start = time.time()
+
+  def reset(self):
+    now = time.time()
+    duration, self._start = now - self._start, now
+    return duration
+
+
+# Summaries.
+
+def video_summary(name, video, step, logdir=None, fps=20):
+  """Writes a (B, T, H, W, C) video as a GIF, or as a PNG grid without ffmpeg.
+
+  Returns the path of the file it wrote into logdir, if any.
+  """
+  if np.issubdtype(video.dtype, np.floating):
+    video = np.clip(255 * video, 0, 255).astype(np.uint8)
+  B, T, H, W, C = video.shape
+  filename = None
+  if shutil.which('ffmpeg'):
+    frames = video.transpose((1, 2, 0, 3, 4)).reshape((T, H, B * W, C))
+    gif = encode_gif(frames, fps)
+    summary = tf.compat.v1.Summary()
+    image = tf.compat.v1.Summary.Image(height=H, width=B * W, colorspace=C)
+    image.encoded_image_string = gif
+    summary.value.add(tag=name + '/gif', image=image)
+    tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step)
+    if logdir:
+      filename = pathlib.Path(logdir) / f'{name.replace("/", "_")}_{step}.gif'
+      atomic_write(filename, gif)
+  else:
+    grid = video.transpose((0, 2, 1, 3, 4)).reshape((1, B * H, T * W, C))
+    tf.summary.image(name + '/grid', grid, step)
+    if logdir:
+      filename = pathlib.Path(logdir) / f'{name.replace("/", "_")}_{step}.png'
+      atomic_write(filename, tf.io.encode_png(grid[0]).numpy())
+  return filename
+
+
+def encode_gif(frames, fps):
+  h, w, c = frames[0].shape
+  pxfmt = {1: 'gray', 3: 'rgb24'}[c]
+  cmd = [
+      'ffmpeg', '-y', '-f', 'rawvideo', '-vcodec', 'rawvideo',
+      '-r', f'{fps:.02f}', '-s', f'{w}x{h}', '-pix_fmt', pxfmt, '-i', '-',
+      '-filter_complex',
+      '[0:v]split[x][z];[z]palettegen[y];[x]fifo[x];[x][y]paletteuse',
+      '-r', f'{fps:.02f}', '-f', 'gif', '-']
+  proc = subprocess.run(
+      cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
+  if proc.returncode:
+    raise IOError(' '.join(cmd) + '\n' + proc.stderr.decode('utf-8'))
+  return proc.stdout
+
+
+# Distributions.
+
+class SampleDist:
+  """Estimates mean, mode and entropy of a distribution from samples."""
+
+  def __init__(self, dist, samples=100):
+    self._dist = dist
+    self._samples = samples
+
+  @property
+  def name(self):
+    return 'SampleDist'
+
+  def __getattr__(self, name):
+    return getattr(self._dist, name)
+
+  def mean(self):
+    return tf.reduce_mean(self._dist.sample(self._samples), 0)
+
+  def mode(self):
+    # Best of the samples for each row of the batch; upstream took row 0's.
+    sample = self._dist.sample(self._samples)
+    logprob = self._dist.log_prob(sample)
+    index = tf.argmax(logprob, 0)
+    sample = tf.transpose(sample, [1, 0, 2])
+    return tf.gather(sample, index, batch_dims=1)
+
+  def entropy(self):
+    sample = self._dist.sample(self._samples)
+    return -tf.reduce_mean(self._dist.log_prob(sample), 0)
+
+
+class TanhBijector(tfp.bijectors.Bijector):
+
+  def __init__(self, validate_args=False, name='tanh'):
+    super().__init__(
+        forward_min_event_ndims=0, validate_args=validate_args, name=name)
+
+  def _forward(self, x):
+    return tf.nn.tanh(x)
+
+  def _inverse(self, y):
+    # Clip inside (-1, 1) so that atanh of a boundary sample stays finite.
+    dtype = y.dtype
+    y = tf.clip_by_value(tf.cast(y, tf.float32), -0.99999997, 0.99999997)
+    return tf.cast(tf.atanh(y), dtype)
+
+  def _forward_log_det_jacobian(self, x):
+    log2 = tf.math.log(tf.constant(2.0, dtype=x.dtype))
+    return 2.0 * (log2 - x - tf.nn.softplus(-2.0 * x))
+
+
+def lambda_return(reward, value, pcont, bootstrap, lambda_, axis):
+  """TD(lambda) returns. lambda_=1 is Monte Carlo, lambda_=0 one-step TD."""
+  assert reward.shape.ndims == value.shape.ndims, (reward.shape, value.shape)
+  if isinstance(pcont, (int, float)):
+    pcont = pcont * tf.ones_like(reward)
+  dims = list(range(reward.shape.ndims))
+  dims = [axis] + dims[1:axis] + [0] + dims[axis + 1:]
+  if axis != 0:
+    reward = tf.transpose(reward, dims)
+    value = tf.transpose(value, dims)
+    pcont = tf.transpose(pcont, dims)
+  if bootstrap is None:
+    bootstrap = tf.zeros_like(value[-1])
+  next_values = tf.concat([value[1:], bootstrap[None]], 0)
+  inputs = reward + pcont * next_values * (1 - lambda_)
+  returns = static_scan(
+      lambda agg, cur: cur[0] + cur[1] * lambda_ * agg,
+      (inputs, pcont), bootstrap, reverse=True)
+  if axis != 0:
+    returns = tf.transpose(returns, dims)
+  return returns
+
+
+def static_scan(fn, inputs, start, reverse=False):
+  """A scan unrolled in Python, over the leading axis of the inputs."""
+  last = start
+  outputs = [[] for _ in tf.nest.flatten(start)]
+  indices = range(tf.nest.flatten(inputs)[0].shape[0])
+  if reverse:
+    indices = reversed(indices)
+  for index in indices:
+    inp = tf.nest.map_structure(lambda x: x[index], inputs)
+    last = fn(last, inp)
+    [o.append(x) for o, x in zip(outputs, tf.nest.flatten(last))]
+  if reverse:
+    outputs = [list(reversed(x)) for x in outputs]
+  outputs = [tf.stack(x, 0) for x in outputs]
+  return tf.nest.pack_sequence_as(start, outputs)
+
+
+class Adam(tf.Module):
+  """Adam over a group of modules with global-norm clipping and loss scaling."""
+
+  def __init__(self, name, modules, lr, clip=None, wd=None, wdpattern=r'.*'):
+    super().__init__(name=name)
+    self._name = name
+    self._modules = modules
+    self._clip = clip
+    self._wd = wd
+    self._wdpattern = wdpattern
+    self._lr = lr
+    self._opt = tf_keras.optimizers.Adam(lr)
+    self._scaling = prec.global_policy().compute_dtype == 'float16'
+    if self._scaling:
+      self._opt = prec.LossScaleOptimizer(self._opt, dynamic=True)
+    self._variables = None
+
+  @property
+  def variables(self):
+    return list(self._opt.variables)
+
+  def __call__(self, tape, loss):
+    if self._variables is None:
+      variables = [module.variables for module in self._modules]
+      self._variables = tf.nest.flatten(variables)
+      count = sum(int(np.prod(x.shape)) for x in self._variables)
+      print(f'Found {count} {self._name} parameters.')
+    assert len(loss.shape) == 0, loss.shape
+    if self._scaling:
+      with tape:
+        loss = self._opt.get_scaled_loss(loss)
+    grads = tape.gradient(loss, self._variables)
+    if self._scaling:
+      grads = self._opt.get_unscaled_gradients(grads)
+    norm = tf.linalg.global_norm(grads)
+    if self._clip:
+      grads, _ = tf.clip_by_global_norm(grads, self._clip, norm)
+    if self._wd:
+      # Decoupled weight decay (upstream's scaled the weights by wd itself).
+      for var in self._variables:
+        if re.search(self._wdpattern, self._name + '/' + var.name):
+          var.assign_sub(self._lr * self._wd * var)
+    self._opt.apply_gradients(zip(grads, self._variables))
+    return norm

@@ -1,0 +1,387 @@
+"""Environments. Nothing here imports TensorFlow: rendering with llvmpipe in a
+process that has TensorFlow loaded crashes, so every rendering environment
+lives in a worker process started with `spawn` (see Async)."""
+
+import contextlib
+import functools
+import multiprocessing
+import os
+import sys
+import traceback
+
+import numpy as np
+
+GL_HINT = (
+    'install the GL libraries (apt-get install libegl1 libegl-mesa0 libgl1 '
+    'libosmesa6, done by install.sh) or pick another backend with '
+    'MUJOCO_GL=osmesa')
+
+
+class DeepMindControl:
+
+  def __init__(self, name, size=(64, 64), camera=None):
+    domain, task = name.split('_', 1) if '_' in name else (name, '')
+    if domain == 'cup':  # Only domain with multiple words.
+      domain = 'ball_in_cup'
+    os.environ.setdefault('MUJOCO_GL', 'egl')
+    from dm_control import suite
+    if (domain, task) not in suite.ALL_TASKS:
+      known = ', '.join(
+          'dmc_' + ('cup' if d == 'ball_in_cup' else d) + '_' + t
+          for d, t in suite.ALL_TASKS)
+      raise ValueError(f'Unknown task dmc_{name}; choose from: {known}.')
+    self._env = suite.load(domain, task)
+    self._size = size
+    if camera is None:
+      camera = dict(quadruped=2).get(domain, 0)
+    self._camera = camera
+    try:
+      self.render()
+    except Exception as e:
+      backend = os.environ.get('MUJOCO_GL')
+      raise RuntimeError(
+          f'Rendering with MUJOCO_GL={backend} failed ({type(e).__name__}: '
+          f'{e}); {GL_HINT}.') from None
+
+  @property
+  def observation_space(self):
+    from dm_env import specs
+    spaces = {k: specs.Array(v.shape, np.float32, k)
+              for k, v in self._env.observation_spec().items()}
+    spaces['image'] = specs.BoundedArray(
+        self._size + (3,), np.uint8, 0, 255, 'image')
+    return spaces
+
+  @property
+  def action_space(self):
+    return self._env.action_spec()
+
+  def step(self, action):
+    time_step = self._env.step(action)
+    obs = dict(time_step.observation)
+    obs['image'] = self.render()
+    reward = time_step.reward or 0
+    done = time_step.last()
+    info = {'discount': np.array(time_step.discount, np.float32)}
+    return obs, reward, done, info
+
+  def reset(self):
+    time_step = self._env.reset()
+    obs = dict(time_step.observation)
+    obs['image'] = self.render()
+    return obs
+
+  def render(self):
+    return self._env.physics.render(*self._size, camera_id=self._camera)
+
+
+class ActionRepeat:
+
+  def __init__(self, env, amount):
+    self._env = env
+    self._amount = amount
+
+  def __getattr__(self, name):
+    return getattr(self._env, name)
+
+  def step(self, action):
+    done = False
+    total_reward = 0
+    current_step = 0
+    while current_step < self._amount and not done:
+      obs, reward, done, info = self._env.step(action)
+      total_reward += reward
+      current_step += 1
+    return obs, total_reward, done, info
+
+
+class NormalizeActions:
+
+  def __init__(self, env):
+    self._env = env
+    space = env.action_space
+    low, high = np.broadcast_to(space.minimum, space.shape), np.broadcast_to(
+        space.maximum, space.shape)
+    self._mask = np.logical_and(np.isfinite(low), np.isfinite(high))
+    self._low = np.where(self._mask, low, -1)
+    self._high = np.where(self._mask, high, 1)
+
+  def __getattr__(self, name):
+    return getattr(self._env, name)
+
+  @property
+  def action_space(self):
+    from dm_env import specs
+    low = np.where(self._mask, -np.ones_like(self._low), self._low)
+    high = np.where(self._mask, np.ones_like(self._low), self._high)
+    return specs.BoundedArray(low.shape, np.float32, low, high, 'action')
+
+  def step(self, action):
+    original = (action + 1) / 2 * (self._high - self._low) + self._low
+    original = np.where(self._mask, original, action)
+    return self._env.step(original)
+
+
+class TimeLimit:
+
+  def __init__(self, env, duration):
+    self._env = env
+    self._duration = duration
+    self._step = None
+
+  def __getattr__(self, name):
+    return getattr(self._env, name)
+
+  def step(self, action):
+    assert self._step is not None, 'Must reset environment.'
+    obs, reward, done, info = self._env.step(action)
+    self._step += 1
+    if self._step >= self._duration:
+      done = True
+      if 'discount' not in info:
+        info['discount'] = np.array(1.0).astype(np.float32)
+      self._step = None
+    return obs, reward, done, info
+
+  def reset(self):
+    self._step = 0
+    return self._env.reset()
+
+
+class Collect:
+  """Records transitions and hands each finished episode to the callbacks.
+
+  Row t holds o_t, the action that led to it (zeros at reset) and its reward.
+  Floats are stored as float32 whatever the training precision.
+  """
+
+  def __init__(self, env, callbacks=None):
+    self._env = env
+    self._callbacks = callbacks or ()
+    self._episode = None
+
+  def __getattr__(self, name):
+    return getattr(self._env, name)
+
+  def step(self, action, blocking=True):
+    promise = self._env.step(action, blocking=False)
+    def receive():
+      obs, reward, done, info = promise()
+      obs = {k: self._convert(v) for k, v in obs.items()}
+      transition = obs.copy()
+      transition['action'] = action
+      transition['reward'] = reward
+      transition['discount'] = info.get(
+          'discount', np.array(1 - float(done)))
+      self._episode.append(transition)
+      if done:
+        episode = {k: [t[k] for t in self._episode] for k in self._episode[0]}
+        episode = {k: self._convert(v) for k, v in episode.items()}
+        info['episode'] = episode
+        for callback in self._callbacks:
+          callback(episode)
+      return obs, reward, done, info
+    return receive() if blocking else receive
+
+  def reset(self, blocking=True):
+    promise = self._env.reset(blocking=False)
+    def receive():
+      obs = promise()
+      obs = {k: self._convert(v) for k, v in obs.items()}
+      transition = obs.copy()
+      transition['action'] = np.zeros(self._env.action_space.shape, np.float32)
+      transition['reward'] = 0.0
+      transition['discount'] = 1.0
+      self._episode = [transition]
+      return obs
+    return receive() if blocking else receive
+
+  def _convert(self, value):
+    value = np.array(value)
+    if np.issubdtype(value.dtype, np.floating):
+      return value.astype(np.float32)
+    if np.issubdtype(value.dtype, np.signedinteger):
+      return value.astype(np.int32)
+    if value.dtype in (np.uint8, bool):
+      return value
+    raise NotImplementedError(value.dtype)
+
+
+class RewardObs:
+
+  def __init__(self, env):
+    self._env = env
+
+  def __getattr__(self, name):
+    return getattr(self._env, name)
+
+  def step(self, action, blocking=True):
+    promise = self._env.step(action, blocking=False)
+    def receive():
+      obs, reward, done, info = promise()
+      obs['reward'] = np.float32(reward)
+      return obs, reward, done, info
+    return receive() if blocking else receive
+
+  def reset(self, blocking=True):
+    promise = self._env.reset(blocking=False)
+    def receive():
+      obs = promise()
+      obs['reward'] = np.float32(0.0)
+      return obs
+    return receive() if blocking else receive
+
+
+def make_env(task, action_repeat, time_limit, size=(64, 64)):
+  """Builds a rendering environment; runs inside an Async worker."""
+  suite, name = task.split('_', 1) if '_' in task else (task, '')
+  if suite != 'dmc':
+    raise ValueError(
+        f'Unknown task {task}: only DeepMind Control tasks dmc_<domain>_<task> '
+        f'are supported (e.g. dmc_walker_walk).')
+  env = DeepMindControl(name, size)
+  env = ActionRepeat(env, action_repeat)
+  env = NormalizeActions(env)
+  env = TimeLimit(env, time_limit / action_repeat)
+  return env
+
+
+class EnvError(RuntimeError):
+  pass
+
+
+@contextlib.contextmanager
+def _hide_main():
+  # A spawned child re-runs the parent's __main__ file to unpickle objects
+  # defined there. Our main module imports TensorFlow, which must never load
+  # in a rendering worker, so the child is told there is no main file.
+  main = sys.modules['__main__']
+  sys.modules['__main__'] = type(sys)('__main__')
+  try:
+    yield
+  finally:
+    sys.modules['__main__'] = main
+
+
+class Async:
+  """Runs an environment in a worker process started with `spawn`.
+
+  blocking=False on step and reset returns a promise, so that several
+  workers step at once; with parallel 'none' they are stepped in turn.
+  """
+
+  _ACCESS = 1
+  _CALL = 2
+  _RESULT = 3
+  _EXCEPTION = 4
+  _CLOSE = 5
+
+  def __init__(self, ctor, parallel='process', name='env'):
+    self._parallel = parallel
+    self._name = name
+    context = multiprocessing.get_context('spawn')
+    self._conn, conn = context.Pipe()
+    self._process = context.Process(
+        target=_worker, args=(ctor, conn), daemon=True)
+    with _hide_main():
+      self._process.start()
+    conn.close()
+    self._action_space = None
+    self._closed = False
+
+  @property
+  def action_space(self):
+    if self._action_space is None:
+      self._action_space = self.access('action_space')
+    return self._action_space
+
+  def access(self, name):
+    self._send((self._ACCESS, name))
+    return self._receive()
+
+  def call(self, name, *args, blocking=True, **kwargs):
+    self._send((self._CALL, (name, args, kwargs)))
+    if blocking or self._parallel == 'none':
+      result = self._receive()
+      return result if blocking else (lambda: result)
+    return self._receive
+
+  def step(self, action, blocking=True):
+    return self.call('step', action, blocking=blocking)
+
+  def reset(self, blocking=True):
+    return self.call('reset', blocking=blocking)
+
+  def close(self):
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      self._conn.send((self._CLOSE, None))
+      self._conn.close()
+    except (IOError, OSError):
+      pass  # The worker is already gone.
+    self._process.join(5)
+    if self._process.is_alive():
+      self._process.terminate()
+      self._process.join(1)
+
+  def _send(self, message):
+    try:
+      self._conn.send(message)
+    except (IOError, OSError):
+      self._died()
+
+  def _receive(self):
+    try:
+      message, payload = self._conn.recv()
+    except (EOFError, ConnectionResetError, OSError):
+      self._died()
+    if message == self._EXCEPTION:
+      raise EnvError(f'{self._name} worker failed: {payload}')
+    if message == self._RESULT:
+      return payload
+    raise KeyError(f'Received message of unexpected type {message}')
+
+  def _died(self):
+    self._process.join(1)
+    code = self._process.exitcode
+    raise EnvError(
+        f'{self._name} worker (pid {self._process.pid}) died with exit code '
+        f'{code}; episodes already written are kept, rerun the same command '
+        f'to resume.')
+
+
+def _worker(ctor, conn):
+  try:
+    env = ctor()
+    while True:
+      try:
+        message, payload = conn.recv()
+      except (EOFError, KeyboardInterrupt):
+        break
+      if message == Async._ACCESS:
+        conn.send((Async._RESULT, getattr(env, payload)))
+      elif message == Async._CALL:
+        name, args, kwargs = payload
+        conn.send((Async._RESULT, getattr(env, name)(*args, **kwargs)))
+      elif message == Async._CLOSE:
+        break
+      else:
+        raise KeyError(f'Received message of unknown type {message}')
+  except Exception as e:
+    if isinstance(e, (ValueError, RuntimeError)):
+      text = str(e)  # Our own one-line errors: unknown task, missing GL.
+    else:
+      text = ''.join(traceback.format_exception(*sys.exc_info()))
+    try:
+      conn.send((Async._EXCEPTION, text))
+    except (IOError, OSError):
+      pass
+  conn.close()
+
+
+def make_async_env(config, name, parallel=None):
+  ctor = functools.partial(
+      make_env, config.task, config.action_repeat, config.time_limit)
+  return Async(ctor, parallel or config.parallel, name)
