@@ -109,8 +109,7 @@ class Dreamer(tools.Module):
         likes.pcont *= self._c.pcont_scale
       prior_dist = self._dynamics.get_dist(prior)
       post_dist = self._dynamics.get_dist(post)
-      div = tf.reduce_mean(tfd.kl_divergence(post_dist, prior_dist))
-      div = tf.maximum(div, self._c.free_nats)
+      div = models.kl_loss(post_dist, prior_dist, self._c.free_nats)
       model_loss = self._c.kl_scale * div - sum(likes.values())
 
     with tf.GradientTape() as actor_tape:

@@ -78,6 +78,13 @@ class RSSM(tools.Module):
     return {'mean': mean, 'std': std, 'stoch': stoch, 'deter': deter}
 
 
+def kl_loss(post_dist, prior_dist, free_nats):
+  # Averaged over batch and time first, then clipped below at free nats, so
+  # the representation is free to use that many nats on average.
+  div = tf.reduce_mean(tfd.kl_divergence(post_dist, prior_dist))
+  return tf.maximum(div, free_nats)
+
+
 class ConvEncoder(tools.Module):
 
   def __init__(self, depth=32, act=tf.nn.relu):

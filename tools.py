@@ -241,7 +241,7 @@ def save_episodes(directory, episodes):
 def load_episode(filename):
   """Returns the episode as a dict of arrays, or None with a warning."""
   try:
-    with np.load(filename) as data:
+    with pathlib.Path(filename).open('rb') as f, np.load(f) as data:
       episode = {k: data[k] for k in data.keys()}
     lengths = {len(v) for v in episode.values()}
     if len(lengths) != 1:

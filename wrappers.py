@@ -24,7 +24,12 @@ class DeepMindControl:
     if domain == 'cup':  # Only domain with multiple words.
       domain = 'ball_in_cup'
     os.environ.setdefault('MUJOCO_GL', 'egl')
-    from dm_control import suite
+    try:
+      from dm_control import suite
+    except Exception as e:
+      raise RuntimeError(
+          f'Loading dm_control with MUJOCO_GL={os.environ["MUJOCO_GL"]} '
+          f'failed ({type(e).__name__}: {e}); {GL_HINT}.') from None
     if (domain, task) not in suite.ALL_TASKS:
       known = ', '.join(
           'dmc_' + ('cup' if d == 'ball_in_cup' else d) + '_' + t
@@ -38,10 +43,9 @@ class DeepMindControl:
     try:
       self.render()
     except Exception as e:
-      backend = os.environ.get('MUJOCO_GL')
       raise RuntimeError(
-          f'Rendering with MUJOCO_GL={backend} failed ({type(e).__name__}: '
-          f'{e}); {GL_HINT}.') from None
+          f'Rendering with MUJOCO_GL={os.environ["MUJOCO_GL"]} failed '
+          f'({type(e).__name__}: {e}); {GL_HINT}.') from None
 
   @property
   def observation_space(self):

@@ -1,0 +1,157 @@
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+import dreamer_idm
+import tools
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Upstream danijar/dreamer define_config(), key by key.
+UPSTREAM = dict(
+    seed=0, steps=5e6, eval_every=1e4, log_every=1e3, log_scalars=True,
+    log_images=True, gpu_growth=True, task='dmc_walker_walk', envs=1,
+    parallel='none', action_repeat=2, time_limit=1000, prefill=5000,
+    eval_noise=0.0, clip_rewards='none', deter_size=200, stoch_size=30,
+    num_units=400, dense_act='elu', cnn_act='relu', cnn_depth=32, pcont=False,
+    free_nats=3.0, kl_scale=1.0, pcont_scale=10.0, weight_decay=0.0,
+    weight_decay_pattern=r'.*', batch_size=50, batch_length=50,
+    train_every=1000, train_steps=100, pretrain=100, model_lr=6e-4,
+    value_lr=8e-5, actor_lr=8e-5, grad_clip=100.0, dataset_balance=False,
+    discount=0.99, disclam=0.95, horizon=15, action_dist='tanh_normal',
+    action_init_std=5.0, expl='additive_gaussian', expl_amount=0.3,
+    expl_decay=0.0, expl_min=0.0)
+
+
+def test_dreamer_preset_equals_upstream_defaults():
+  for names in (['defaults'], ['defaults', 'dmc', 'dreamer']):
+    config = dreamer_idm.parse_args(['--configs', *names])
+    for key, value in UPSTREAM.items():
+      assert config[key] == value, key
+    # Documented deviations: logdir ('.' upstream) and precision (16).
+    assert set(config) - set(UPSTREAM) >= {'logdir', 'precision'}
+    assert config.precision == 'auto'
+
+
+def test_parse_args_presets_then_overrides():
+  config = dreamer_idm.parse_args(
+      ['--configs', 'defaults', 'dmc', 'debug', '--batch_size', '3',
+       '--precision', '32'])
+  assert config.batch_size == 3 and config.deter_size == 16
+  assert config.precision == '32'
+  with pytest.raises(tools.ConfigError, match="Unknown preset 'dbg'"):
+    dreamer_idm.parse_args(['--configs', 'defaults', 'dbg'])
+  with pytest.raises(tools.ConfigError, match='Unknown config key --batchsize'):
+    dreamer_idm.parse_args(['--batchsize', '3'])
+  with pytest.raises(tools.ConfigError, match='--horizon expects an integer'):
+    dreamer_idm.parse_args(['--horizon', 'long'])
+
+
+def _main(tmp_path, *args):
+  config = dreamer_idm.parse_args(
+      ['--configs', 'defaults', 'dmc', 'debug', '--logdir', str(tmp_path),
+       *args])
+  try:
+    dreamer_idm.main(config)
+  finally:
+    tf.keras.mixed_precision.set_global_policy('float32')
+
+
+def test_dry_run_writes_config_and_checks_task(tmp_path, capsys):
+  _main(tmp_path / 'run', '--steps', '0')
+  written = tools.load_presets(tmp_path / 'run' / 'config.yaml')
+  assert written['steps'] == 0 and written['deter_size'] == 16
+  assert not (tmp_path / 'run' / 'episodes').exists()
+  assert 'Dry run' in capsys.readouterr().out
+  with pytest.raises(Exception, match='Unknown task dmc_walker_fly'):
+    _main(tmp_path / 'bad', '--steps', '0', '--task', 'dmc_walker_fly')
+  with pytest.raises(tools.ConfigError, match='--precision must be'):
+    _main(tmp_path / 'bad', '--steps', '0', '--precision', '8')
+
+
+def test_unwritable_logdir(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  with pytest.raises(tools.ConfigError, match='Cannot write to logdir'):
+    _main(blocker / 'logdir', '--steps', '0')
+
+
+def test_incompatible_checkpoint_loses_nothing(tmp_path):
+  logdir = tmp_path / 'run'
+  logdir.mkdir()
+  old = tools.AttrDict(dreamer_idm.parse_args(['--configs', 'defaults']))
+  tools.save_checkpoint(logdir / 'variables.pkl', [tf.Variable(1.0)], 10, old)
+  (logdir / 'config.yaml').write_text('original: true\n')
+  before = (logdir / 'variables.pkl').read_bytes()
+  with pytest.raises(tools.ConfigError, match='deter_size: 200 -> 16'):
+    _main(logdir)
+  assert (logdir / 'config.yaml').read_text() == 'original: true\n'
+  assert (logdir / 'variables.pkl').read_bytes() == before
+
+
+def test_command_line_errors_are_one_line():
+  result = subprocess.run(
+      [sys.executable, 'dreamer_idm.py', '--configs', 'defaults', 'nope'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  lines = [x for x in result.stderr.splitlines() if x.startswith('Error')]
+  assert lines == [
+      "Error: Unknown preset 'nope'; choose from defaults, dmc, dreamer, "
+      "debug (see configs.yaml)."]
+  assert 'Traceback' not in result.stderr
+
+
+def _train(logdir, *args):
+  result = subprocess.run(
+      [sys.executable, 'dreamer_idm.py', '--configs', 'defaults', 'dmc',
+       'debug', '--logdir', str(logdir), *args],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  return result.stdout
+
+
+def _records(logdir):
+  lines = (logdir / 'metrics.jsonl').read_text().splitlines()
+  return [json.loads(line) for line in lines]
+
+
+def test_train_evaluate_checkpoint_and_resume(tmp_path):
+  logdir = tmp_path / 'run'
+  out = _train(logdir)
+  assert 'Prefill dataset with 100 steps.' in out
+  assert re.search(
+      r'\[\d+/400 [\d.]+%\] episodes \d+ \| train return [\d.-]+ \| test return '
+      r'[\d.-]+ \| [\d.]+ updates/s \| [\d.]+ env steps/s \| ETA ', out)
+  records = _records(logdir)
+  keys = set().union(*records)
+  for key in (
+      'train/return', 'test/return', 'model_loss', 'image_loss', 'reward_loss',
+      'div', 'actor_loss', 'value_loss', 'model_grad_norm', 'actor_grad_norm',
+      'value_grad_norm', 'fps'):
+    assert key in keys, key
+  assert all(r['div'] >= 3.0 for r in records if 'div' in r)  # Free nats.
+  assert max(r['step'] for r in records) == 400
+  assert [r['step'] for r in records if 'test/return' in r] == [100, 300, 400]
+  episodes = sorted(p.name for p in (logdir / 'episodes').glob('*.npz'))
+  assert len(episodes) == 4 and all(p.endswith('-51.npz') for p in episodes)
+  assert tools.read_checkpoint(logdir / 'variables.pkl')['step'] == 400
+  assert list((logdir / 'images').glob('agent_openl_*'))
+  assert list(logdir.glob('events.out.tfevents.*'))
+  assert tools.load_presets(logdir / 'config.yaml')['batch_length'] == 10
+
+  out = _train(logdir, '--steps', '600')
+  assert 'Prefill dataset with 0 steps.' in out
+  assert 'Resumed from checkpoint at step 400; 400 env steps stored.' in out
+  # The evaluation at step 400 is in the checkpoint: collection comes first.
+  assert out.index('Start collection.') < out.index('Start evaluation.')
+  after = sorted(p.name for p in (logdir / 'episodes').glob('*.npz'))
+  assert set(episodes) < set(after) and len(after) == 6
+  assert tools.read_checkpoint(logdir / 'variables.pkl')['step'] == 600
+  records = _records(logdir)
+  assert [r['step'] for r in records if 'test/return' in r] == [
+      100, 300, 400, 600]

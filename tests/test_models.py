@@ -1,0 +1,90 @@
+import numpy as np
+import tensorflow as tf
+from tensorflow_probability import distributions as tfd
+
+import models
+
+
+def _rssm():
+  tf.random.set_seed(0)
+  return models.RSSM(stoch=4, deter=8, hidden=8)
+
+
+def test_observe_and_imagine_shapes():
+  rssm = _rssm()
+  embed = tf.random.normal((3, 5, 12))
+  action = tf.random.uniform((3, 5, 2), -1, 1)
+  post, prior = rssm.observe(embed, action)
+  for state in (post, prior):
+    assert state['stoch'].shape == (3, 5, 4)
+    assert state['deter'].shape == (3, 5, 8)
+    assert state['mean'].shape == (3, 5, 4) and state['std'].shape == (3, 5, 4)
+    assert np.all(state['std'].numpy() >= 0.1)
+  assert rssm.get_feat(post).shape == (3, 5, 12)
+  prior = rssm.imagine(action, {k: v[:, 0] for k, v in post.items()})
+  assert prior['deter'].shape == (3, 5, 8)
+
+
+def test_imagine_starts_from_the_given_state():
+  rssm = _rssm()
+  embed = tf.random.normal((2, 4, 12))
+  action = tf.random.uniform((2, 4, 2), -1, 1)
+  post, prior = rssm.observe(embed, action)
+  start = {k: v[:, 1] for k, v in post.items()}
+  # The deterministic part of the first imagined step depends only on the
+  # start state and the action, so it equals the posterior's next prior.
+  imagined = rssm.imagine(action[:, 2:], start)
+  np.testing.assert_allclose(
+      imagined['deter'][:, 0].numpy(), prior['deter'][:, 2].numpy(),
+      rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      imagined['mean'][:, 0].numpy(), prior['mean'][:, 2].numpy(),
+      rtol=1e-5, atol=1e-6)
+  # A different start gives a different first step.
+  other = dict(start, deter=start['deter'] + 1.0)
+  moved = rssm.imagine(action[:, 2:], other)
+  assert not np.allclose(moved['deter'][:, 0], imagined['deter'][:, 0])
+
+
+def test_kl_loss_averages_first_then_clips_at_free_nats():
+  prior = tfd.MultivariateNormalDiag(tf.zeros((2, 1)), tf.ones((2, 1)))
+  # KL of N(m, 1) to N(0, 1) is m^2 / 2: here 1 and 7 nats, mean 4.
+  mean = tf.Variable([[np.sqrt(2.0)], [np.sqrt(14.0)]], dtype=tf.float32)
+  with tf.GradientTape() as tape:
+    post = tfd.MultivariateNormalDiag(mean, tf.ones((2, 1)))
+    loss = models.kl_loss(post, prior, 3.0)
+  assert np.isclose(loss.numpy(), 4.0, rtol=1e-5)  # Per-element clip: 5.
+  assert np.any(tape.gradient(loss, mean).numpy() != 0)
+  with tf.GradientTape() as tape:
+    post = tfd.MultivariateNormalDiag(mean, tf.ones((2, 1)))
+    loss = models.kl_loss(post, prior, 5.0)
+  assert np.isclose(loss.numpy(), 5.0)
+  grad = tape.gradient(loss, mean)
+  assert grad is None or np.all(grad.numpy() == 0)
+
+
+def test_actor_samples_inside_bounds_and_mode_per_row():
+  tf.random.set_seed(1)
+  actor = models.ActionDecoder(3, 2, 16, init_std=5.0)
+  feat = tf.random.normal((64, 10)) * 10
+  dist = actor(feat)
+  sample = dist.sample().numpy()
+  assert sample.shape == (64, 3)
+  assert np.all(np.abs(sample) <= 1.0) and np.all(np.isfinite(sample))
+  mode = dist.mode().numpy()
+  assert mode.shape == (64, 3) and np.all(np.abs(mode) <= 1.0)
+  # Each row's mode is its own best sample, so rows differ.
+  assert len({tuple(np.round(row, 5)) for row in mode}) > 1
+
+
+def test_decoder_outputs_image_distribution_in_float32():
+  decoder = models.ConvDecoder(depth=4)
+  dist = decoder(tf.random.normal((2, 3, 10)))
+  assert dist.mean().shape == (2, 3, 64, 64, 3)
+  assert dist.mean().dtype == tf.float32
+  image = tf.zeros((2, 3, 64, 64, 3))
+  expected = -0.5 * tf.reduce_sum(
+      tf.square(dist.mean() - image), [2, 3, 4]) - 0.5 * 64 * 64 * 3 * np.log(
+          2 * np.pi)
+  np.testing.assert_allclose(
+      dist.log_prob(image).numpy(), expected.numpy(), rtol=1e-5)

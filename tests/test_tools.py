@@ -1,0 +1,146 @@
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tools
+
+
+def test_lambda_return_matches_hand_computation():
+  reward = np.array([1.0, 2.0, 3.0], np.float32)
+  value = np.array([0.5, 1.5, 2.5], np.float32)
+  bootstrap, pcont, lam = 4.0, 0.9, 0.8
+  # Backwards: R_t = r_t + g * ((1 - lam) * v_{t+1} + lam * R_{t+1}).
+  r2 = 3.0 + 0.9 * 4.0
+  r1 = 2.0 + 0.9 * ((1 - lam) * 2.5 + lam * r2)
+  r0 = 1.0 + 0.9 * ((1 - lam) * 1.5 + lam * r1)
+  returns = tools.lambda_return(
+      tf.constant(reward), tf.constant(value), pcont,
+      tf.constant(bootstrap), lam, axis=0)
+  np.testing.assert_allclose(returns.numpy(), [r0, r1, r2], rtol=1e-6)
+
+
+def test_lambda_return_extremes_and_batch_axis():
+  reward = tf.constant([[1.0, 1.0, 1.0], [0.0, 2.0, 0.0]])  # batch x time
+  value = tf.constant([[5.0, 6.0, 7.0], [1.0, 1.0, 1.0]])
+  bootstrap = tf.constant([10.0, 3.0])
+  mc = tools.lambda_return(reward, value, 0.5, bootstrap, 1.0, axis=1)
+  np.testing.assert_allclose(
+      mc.numpy()[:, 0], [1 + 0.5 + 0.25 + 0.125 * 10, 0 + 1 + 0 + 0.125 * 3])
+  td = tools.lambda_return(reward, value, 0.5, bootstrap, 0.0, axis=1)
+  np.testing.assert_allclose(td.numpy()[0], [1 + 3, 1 + 3.5, 1 + 5])
+
+
+def test_static_scan_matches_cumsum_and_reverse():
+  x = tf.constant([1.0, 2.0, 3.0, 4.0])
+  forward = tools.static_scan(lambda a, b: a + b, x, tf.constant(0.0))
+  backward = tools.static_scan(
+      lambda a, b: a + b, x, tf.constant(0.0), reverse=True)
+  np.testing.assert_allclose(forward.numpy(), [1, 3, 6, 10])
+  np.testing.assert_allclose(backward.numpy(), [10, 9, 7, 4])
+
+
+PRESETS = {
+    'defaults': {'a': 1, 'b': 2.0, 'flag': False, 'name': 'x', 'steps': 10},
+    'one': {'a': 3, 'name': 'one'},
+    'two': {'a': 4, 'b': 5.0},
+}
+
+
+def test_config_merges_left_to_right_then_overrides():
+  config = tools.make_config(PRESETS, ['defaults', 'one', 'two'], [])
+  assert (config.a, config.b, config.name) == (4, 5.0, 'one')
+  config = tools.make_config(PRESETS, ['defaults', 'two', 'one'], [])
+  assert (config.a, config.b, config.name) == (3, 5.0, 'one')
+  config = tools.make_config(
+      PRESETS, ['defaults', 'two'],
+      ['--a', '7', '--flag', 'True', '--b', '1e-3', '--steps', '5e3'])
+  assert config.a == 7 and isinstance(config.a, int)
+  assert config.flag is True and config.b == 1e-3 and config.steps == 5000
+
+
+@pytest.mark.parametrize('names, overrides, message', [
+    (['defaults', 'nope'], [], "Unknown preset 'nope'"),
+    (['defaults'], ['--c', '1'], 'Unknown config key --c'),
+    (['defaults'], ['--a', 'seven'], '--a expects an integer'),
+    (['defaults'], ['--a', '1.5'], '--a expects an integer'),
+    (['defaults'], ['--flag', 'yes'], '--flag expects True or False'),
+    (['defaults'], ['--b', 'x'], '--b expects a number'),
+    (['defaults'], ['--a'], 'Expected --key value pairs'),
+    (['defaults'], ['a', '1'], 'Expected --key value pairs'),
+])
+def test_config_errors(names, overrides, message):
+  with pytest.raises(tools.ConfigError, match=message):
+    tools.make_config(PRESETS, names, overrides)
+
+
+def test_config_preset_errors():
+  presets = dict(PRESETS, bad={'zzz': 1}, wrong={'flag': 3}, text={'a': 'x'})
+  with pytest.raises(tools.ConfigError, match="sets unknown key 'zzz'"):
+    tools.make_config(presets, ['defaults', 'bad'], [])
+  with pytest.raises(tools.ConfigError, match='flag must be True or False'):
+    tools.make_config(presets, ['defaults', 'wrong'], [])
+  with pytest.raises(tools.ConfigError, match='a must be a number'):
+    tools.make_config(presets, ['defaults', 'text'], [])
+
+
+def _episode(length, seed=0):
+  random = np.random.RandomState(seed)
+  return {
+      'image': random.randint(0, 255, (length, 64, 64, 3)).astype(np.uint8),
+      'action': random.uniform(-1, 1, (length, 2)).astype(np.float32),
+      'reward': random.uniform(0, 1, length).astype(np.float32),
+      'discount': np.ones(length, np.float32)}
+
+
+def test_episodes_roundtrip_and_corrupt_files_are_skipped(tmp_path):
+  good = tools.save_episodes(tmp_path, [_episode(20)])[0]
+  assert tools.count_episodes(tmp_path) == (1, 19)
+  (tmp_path / '20200101T000000-bad-30.npz').write_bytes(b'not a zip file')
+  data = (good.read_bytes())[:300]
+  (tmp_path / '20200101T000000-trunc-30.npz').write_bytes(data)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    chunks = tools.load_episodes(tmp_path, 5, length=10, seed=1)
+    chunks = [next(chunks) for _ in range(5)]
+  messages = ' '.join(str(w.message) for w in caught)
+  assert 'bad-30.npz' in messages and 'trunc-30.npz' in messages
+  assert len(caught) == 2  # Each broken file is reported once.
+  original = np.load(good)['reward']
+  for chunk in chunks:
+    assert chunk['image'].shape == (10, 64, 64, 3)
+    start = int(np.flatnonzero(original == chunk['reward'][0])[0])
+    np.testing.assert_array_equal(chunk['reward'], original[start:start + 10])
+  assert not list(tmp_path.glob('.*.tmp'))
+
+
+def test_checkpoint_roundtrip_and_incompatible_config(tmp_path):
+  variables = [tf.Variable(np.arange(6.0).reshape(2, 3)), tf.Variable(2.0)]
+  config = tools.AttrDict(task='dmc_walker_walk', deter_size=200, model_lr=1.0)
+  filename = tmp_path / 'variables.pkl'
+  tools.save_checkpoint(filename, variables, 1234, config)
+  checkpoint = tools.read_checkpoint(filename)
+  assert checkpoint['step'] == 1234
+  copies = [tf.Variable(tf.zeros_like(v)) for v in variables]
+  tools.load_variables(checkpoint, copies, filename)
+  np.testing.assert_array_equal(copies[0].numpy(), variables[0].numpy())
+  # Learning rates may change between runs, architecture keys may not.
+  tools.check_checkpoint_config(checkpoint, dict(config, model_lr=2.0), filename)
+  with pytest.raises(tools.ConfigError, match=r'deter_size: 200 -> 100'):
+    tools.check_checkpoint_config(
+        checkpoint, dict(config, deter_size=100), filename)
+  with pytest.raises(tools.ConfigError, match='do not match this model'):
+    tools.load_variables(checkpoint, [tf.Variable(1.0)], filename)
+  filename.write_bytes(pickle.dumps(checkpoint)[:50])
+  with pytest.raises(tools.ConfigError, match='unreadable'):
+    tools.read_checkpoint(filename)
+
+
+def test_every_and_once():
+  every = tools.Every(10)
+  assert [every(s) for s in (0, 5, 10, 12, 20, 31)] == [
+      True, False, True, False, True, True]
+  once = tools.Once()
+  assert [once(), once(), once()] == [True, False, False]
