@@ -3,7 +3,6 @@ import functools
 import os
 import pathlib
 import sys
-import time
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -395,7 +394,7 @@ def main(config):
   if config.steps == 0:
     env = wrappers.make_async_env(config, 'check env')
     try:
-      env.action_space  # Builds the task in a worker: unknown task, no GL.
+      _ = env.action_space  # Builds the task in a worker: unknown task, no GL.
     finally:
       env.close()
     print('Dry run: wrote config.yaml and checked the task; not training.')
@@ -409,7 +408,7 @@ def main(config):
   logger = Logger(config, writer, datadir)
   train_envs, test_envs = [], []
   try:
-    for index in range(config.envs):
+    for _ in range(config.envs):
       train_envs.append(make_env(
           config, writer, logger, 'train', datadir, store=True))
       test_envs.append(make_env(

@@ -19,7 +19,6 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_probability as tfp  # noqa: E402
 import tf_keras  # noqa: E402
-from tensorflow_probability import distributions as tfd  # noqa: E402
 from tf_keras import mixed_precision as prec  # noqa: E402
 
 
@@ -413,7 +412,7 @@ def encode_gif(frames, fps):
   proc = subprocess.run(
       cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
   if proc.returncode:
-    raise IOError(' '.join(cmd) + '\n' + proc.stderr.decode('utf-8'))
+    raise OSError(' '.join(cmd) + '\n' + proc.stderr.decode('utf-8'))
   return proc.stdout
 
 

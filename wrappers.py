@@ -323,7 +323,7 @@ class Async:
     try:
       self._conn.send((self._CLOSE, None))
       self._conn.close()
-    except (IOError, OSError):
+    except OSError:
       pass  # The worker is already gone.
     self._process.join(5)
     if self._process.is_alive():
@@ -333,7 +333,7 @@ class Async:
   def _send(self, message):
     try:
       self._conn.send(message)
-    except (IOError, OSError):
+    except OSError:
       self._died()
 
   def _receive(self):
@@ -380,7 +380,7 @@ def _worker(ctor, conn):
       text = ''.join(traceback.format_exception(*sys.exc_info()))
     try:
       conn.send((Async._EXCEPTION, text))
-    except (IOError, OSError):
+    except OSError:
       pass
   conn.close()
 

@@ -48,13 +48,13 @@ def test_unknown_task_is_a_clear_error():
   env = wrappers.make_async_env(_config(task='dmc_walker_fly'), 'check env')
   try:
     with pytest.raises(wrappers.EnvError, match='Unknown task dmc_walker_fly'):
-      env.action_space
+      _ = env.action_space
   finally:
     env.close()
   env = wrappers.make_async_env(_config(task='atari_pong'), 'check env')
   try:
     with pytest.raises(wrappers.EnvError, match='only DeepMind Control'):
-      env.action_space
+      _ = env.action_space
   finally:
     env.close()
 
@@ -66,7 +66,7 @@ def test_missing_gl_is_a_clear_error(monkeypatch):
   env = wrappers.make_async_env(_config(), 'train env')
   try:
     with pytest.raises(wrappers.EnvError, match='MUJOCO_GL=glfw failed.*apt-get'):
-      env.action_space
+      _ = env.action_space
   finally:
     env.close()
 
