@@ -6,6 +6,9 @@ import sys
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# oneDNN kernels: without them TensorFlow 2.21 on this kind of CPU runs the
+# decoder's transposed convolutions about 8x slower.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 
 sys.path.append(str(pathlib.Path(__file__).parent))
 
@@ -110,9 +113,13 @@ class Dreamer(tools.Module):
       post_dist = self._dynamics.get_dist(post)
       div = models.kl_loss(post_dist, prior_dist, self._c.free_nats)
       model_loss = self._c.kl_scale * div - sum(likes.values())
+      idm_metrics = {}
+      if self._c.constraint:
+        penalty, idm_metrics = self._decoding_constraint(post, image_pred)
+        model_loss += penalty
 
     with tf.GradientTape() as actor_tape:
-      imag_feat = self._imagine_ahead(post)
+      imag_feat, imag_states, imag_actions, start = self._imagine_ahead(post)
       reward = self._reward(imag_feat).mode()
       if self._c.pcont:
         pcont = self._pcont(imag_feat).mean()
@@ -124,16 +131,32 @@ class Dreamer(tools.Module):
           bootstrap=value[-1], lambda_=self._c.disclam, axis=0)
       discount = tf.stop_gradient(tf.math.cumprod(tf.concat(
           [tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0))
-      actor_loss = -tf.reduce_mean(discount * returns)
+      weights = None
+      if self._c.evaluator:
+        weights = self._reliability_weights(imag_states, imag_actions)
+      actor_loss = models.actor_loss(returns, discount, weights)
 
     with tf.GradientTape() as value_tape:
       value_pred = self._value(imag_feat)[:-1]
       target = tf.stop_gradient(returns)
-      value_loss = -tf.reduce_mean(discount * value_pred.log_prob(target))
+      value_loss = models.value_loss(value_pred, target, discount, weights)
+
+    if self._c.evaluator:
+      real, fake = models.overshoot_triples(
+          self._dynamics, post, data['action'], self._c.evaluator_horizon)
+      with tf.GradientTape() as evaluator_tape:
+        evaluator_loss, metrics = self._evaluator_loss(real, fake)
+      idm_metrics.update(metrics)
+      idm_metrics.update(self._weight_metrics(weights))
 
     model_norm = self._model_opt(model_tape, model_loss)
     actor_norm = self._actor_opt(actor_tape, actor_loss)
     value_norm = self._value_opt(value_tape, value_loss)
+    if self._c.evaluator:
+      idm_metrics['evaluator_grad_norm'] = self._evaluator_opt(
+          evaluator_tape, evaluator_loss)
+    if self._c.derived_copies:
+      idm_metrics.update(self._derived_metrics(returns, start))
 
     metrics = dict(
         model_grad_norm=model_norm, value_grad_norm=value_norm,
@@ -142,10 +165,59 @@ class Dreamer(tools.Module):
         post_ent=tf.reduce_mean(post_dist.entropy()),
         div=div, model_loss=model_loss, value_loss=value_loss,
         actor_loss=actor_loss,
-        action_ent=tf.reduce_mean(self._actor(feat).entropy()))
+        action_ent=tf.reduce_mean(self._actor(feat).entropy()),
+        **idm_metrics)
     for name, logprob in likes.items():
       metrics[name + '_loss'] = -logprob
     return metrics
+
+  def _decoding_constraint(self, post, image_pred):
+    # R2S2 (Sec. 3): decode only z'; the mean of z is the image loss's.
+    noisy = models.perturb_state(
+        post, self._c.derived_noise_h, self._c.derived_noise_s)
+    penalty, kl = models.decoding_constraint(
+        self._decode, None, self._dynamics.get_feat(noisy),
+        self._c.constraint_scale, self._c.constraint_margin,
+        mean=image_pred.mean())
+    h_outside = tf.cast(tf.abs(noisy['deter']) > 1, tf.float32)
+    return penalty, dict(
+        constraint_kl=tf.reduce_mean(kl), constraint_penalty=penalty,
+        constraint_over_margin=tf.reduce_mean(
+            tf.cast(kl > self._c.constraint_margin, tf.float32)),
+        constraint_h_outside=tf.reduce_mean(h_outside))
+
+  def _reliability_weights(self, states, actions):
+    # Eq. 4 over the 14 loss positions j: (state j, its action, state j + 1).
+    # actions[j + 1] is the action taken in imagined state j.
+    prev = {k: v[:-1] for k, v in states.items()}
+    nxt = {k: v[1:] for k, v in states.items()}
+    log_real = self._evaluator.log_prob_real(prev, actions[1:], nxt)
+    return models.reliability_weights(log_real)
+
+  def _evaluator_loss(self, real, fake):
+    # Eq. 3: binary cross-entropy, real triples against overshoot triples.
+    log_real = tf.nn.log_softmax(self._evaluator(*real))
+    log_fake = tf.nn.log_softmax(self._evaluator(*fake))
+    loss = -tf.reduce_mean(log_real[..., 1]) - tf.reduce_mean(log_fake[..., 0])
+    return loss, dict(
+        evaluator_loss=loss,
+        evaluator_real_prob=tf.reduce_mean(tf.exp(log_real[..., 1])),
+        evaluator_fake_prob=tf.reduce_mean(tf.exp(log_fake[..., 1])))
+
+  def _weight_metrics(self, weights):
+    count = tf.cast(tf.size(weights), tf.float32)
+    return dict(
+        weight_max_rel=tf.reduce_max(weights) * count,
+        weight_min_rel=tf.reduce_min(weights) * count,
+        weight_ess=1 / tf.reduce_sum(tf.square(weights)) / count)
+
+  def _derived_metrics(self, returns, start):
+    originals = returns.shape[1] // (1 + self._c.derived_copies)
+    return dict(
+        imag_return_original=tf.reduce_mean(returns[:, :originals]),
+        imag_return_derived=tf.reduce_mean(returns[:, originals:]),
+        derived_h_outside=tf.reduce_mean(tf.cast(
+            tf.abs(start['deter'][originals:]) > 1, tf.float32)))
 
   def _build_model(self):
     acts = dict(
@@ -176,6 +248,13 @@ class Dreamer(tools.Module):
     self._actor_opt = Optimizer('actor', [self._actor], self._c.actor_lr)
     self._modules_to_save = model_modules + [self._value, self._actor]
     self._optimizers = [self._model_opt, self._value_opt, self._actor_opt]
+    if self._c.evaluator:
+      self._evaluator = models.TrajectoryEvaluator(
+          self._c.evaluator_layers, self._c.evaluator_units, act)
+      self._evaluator_opt = Optimizer(
+          'evaluator', [self._evaluator], self._c.evaluator_lr)
+      self._modules_to_save.append(self._evaluator)
+      self._optimizers.append(self._evaluator_opt)
     # A train step creates all variables, optimizer statistics included.
     self.train(next(self._dataset))
 
@@ -215,13 +294,22 @@ class Dreamer(tools.Module):
       post = {k: v[:, :-1] for k, v in post.items()}
     flatten = lambda x: tf.reshape(x, [-1] + list(x.shape[2:]))
     start = {k: flatten(v) for k, v in post.items()}
+    # Derived memory (Eq. 2): K noisy copies of every start, imagined in the
+    # same batch with the same policy and prior.
+    start = models.derive_memory(
+        start, self._c.derived_copies, self._c.derived_noise_h,
+        self._c.derived_noise_s)
     policy = lambda state: self._actor(
         tf.stop_gradient(self._dynamics.get_feat(state))).sample()
-    states = tools.static_scan(
-        lambda prev, _: self._dynamics.img_step(prev, policy(prev)),
-        tf.range(self._c.horizon), start)
+    def step(prev, _):
+      action = policy(prev[0])
+      return self._dynamics.img_step(prev[0], action), action
+    # The actions are kept for the evaluator: actions[j] led to states[j].
+    noop = tf.zeros([tf.shape(start['deter'])[0], self._actdim], self._float)
+    states, actions = tools.static_scan(
+        step, tf.range(self._c.horizon), (start, noop))
     imag_feat = self._dynamics.get_feat(states)
-    return imag_feat
+    return imag_feat, states, actions, start
 
   @tf.function
   def _openl_video(self, data):
@@ -237,6 +325,20 @@ class Dreamer(tools.Module):
     error = (model - truth + 1) / 2
     return tf.concat([truth, model, error], 2)
 
+  @tf.function
+  def _perturbation_image(self, data):
+    # Like the paper's Figure 1: truth, decoded z, decoded perturbed z'.
+    data = {k: v[:1, :8] for k, v in data.items()}
+    post, _ = self._dynamics.observe(self._encode(data), data['action'])
+    noisy = models.perturb_state(
+        post, self._c.derived_noise_h, self._c.derived_noise_s)
+    recon = self._decode(self._dynamics.get_feat(post)).mode()
+    perturbed = self._decode(self._dynamics.get_feat(noisy)).mode()
+    rows = [tf.cast(data['image'], tf.float32), recon, perturbed]
+    rows = [tf.concat(tf.unstack(x[0] + 0.5), 1) for x in rows]
+    grid = tf.concat(rows, 0)
+    return tf.cast(tf.clip_by_value(grid, 0, 1) * 255, tf.uint8)
+
   def _write_summaries(self):
     metrics = {k: float(np.mean(v)) for k, v in self._metrics.items()}
     self._metrics.clear()
@@ -248,6 +350,12 @@ class Dreamer(tools.Module):
         tools.video_summary(
             'agent/openl', np.clip(video, 0, 1), self._step,
             self._c.logdir / 'images')
+      grid = self._perturbation_image(next(self._dataset)).numpy()
+      with self._writer.as_default():
+        tf.summary.image('agent/perturbed', grid[None], self._step)
+      tools.atomic_write(
+          self._c.logdir / 'images' / f'perturbed_{self._step}.png',
+          tf.io.encode_png(grid).numpy())
 
 
 class Logger:
@@ -365,6 +473,31 @@ def setup_precision(precision):
   return policy
 
 
+CHOICES = dict(
+    dense_act=('elu', 'relu', 'swish', 'leaky_relu'),
+    cnn_act=('elu', 'relu', 'swish', 'leaky_relu'),
+    action_dist=('tanh_normal',), expl=('additive_gaussian', 'completely_random'),
+    clip_rewards=('none', 'tanh'), parallel=('none', 'process'))
+
+
+def check_config(config):
+  for key, choices in CHOICES.items():
+    if config[key] not in choices:
+      raise tools.ConfigError(
+          f'--{key} must be one of {", ".join(choices)}, got {config[key]!r}.')
+  for key in ('envs', 'batch_size', 'batch_length', 'horizon'):
+    if config[key] < 1:
+      raise tools.ConfigError(f'--{key} must be at least 1, got {config[key]}.')
+  if config.derived_copies < 0:
+    raise tools.ConfigError(
+        f'--derived_copies must be 0 or more, got {config.derived_copies}.')
+  if config.evaluator and config.batch_length < config.evaluator_horizon + 2:
+    raise tools.ConfigError(
+        f'--evaluator_horizon {config.evaluator_horizon} needs --batch_length '
+        f'of at least {config.evaluator_horizon + 2}, got '
+        f'{config.batch_length}; lower the horizon or lengthen the batch.')
+
+
 def check_logdir(logdir):
   try:
     logdir.mkdir(parents=True, exist_ok=True)
@@ -379,6 +512,7 @@ def check_logdir(logdir):
 
 def main(config):
   config.logdir = pathlib.Path(config.logdir).expanduser()
+  check_config(config)
   if config.gpu_growth:
     for gpu in tf.config.list_physical_devices('GPU'):
       tf.config.experimental.set_memory_growth(gpu, True)

@@ -176,3 +176,129 @@ class ActionDecoder(tools.Module):
     dist = tfd.TransformedDistribution(dist, tools.TanhBijector())
     dist = tfd.Independent(dist, 1)
     return tools.SampleDist(dist)
+
+
+# IDM additions (Mu et al., 2021, "Model-Based Reinforcement Learning via
+# Imagination with Derived Memory"). Equation numbers are the paper's.
+
+def perturb_state(state, noise_h, noise_s):
+  """z' = (h + xi_h, s + xi_s) with xi ~ N(0, sigma^2) per dimension, the
+  perturbation the R2S2 decoding constraint is measured under (Sec. 3)."""
+  deter, stoch = state['deter'], state['stoch']
+  deter += noise_h * tf.random.normal(tf.shape(deter), dtype=deter.dtype)
+  stoch += noise_s * tf.random.normal(tf.shape(stoch), dtype=stoch.dtype)
+  return dict(state, deter=deter, stoch=stoch)
+
+
+def decoding_constraint(decode, feat, feat_noisy, scale, margin, mean=None):
+  """R2S2 decoding constraint: scale * mean(max(0, KL - margin)).
+
+  The decoder is a unit-variance Gaussian, so KL(p(o'|z') || p(o|z)) is half
+  the squared distance of the two means, summed over pixels, in float32. The
+  original mean is under stop-gradient; pass it when it is already computed
+  for the image loss to save a decoder pass. Returns the penalty and the KL of
+  every state.
+  """
+  if mean is None:
+    mean = decode(feat).mean()
+  mean = tf.stop_gradient(tf.cast(mean, tf.float32))
+  noisy = tf.cast(decode(feat_noisy).mean(), tf.float32)
+  kl = 0.5 * tf.reduce_sum(tf.square(noisy - mean), [-3, -2, -1])
+  penalty = scale * tf.reduce_mean(tf.maximum(0.0, kl - margin))
+  return penalty, kl
+
+
+def derive_memory(start, copies, noise_h, noise_s):
+  """Derived memory (Eq. 2): the start states followed by `copies` derived
+  copies of each, h' ~ N(h, sigma_h^2) and s' ~ N(mu_s, (sigma_s + sigma_s')^2).
+  The std widens additively, unlike the constraint's s + xi_s."""
+  if not copies:
+    return start
+  repeat = lambda x: tf.concat([x] * copies, 0)
+  deter, mean, std = repeat(start['deter']), repeat(start['mean']), repeat(
+      start['std']) + noise_s
+  deter += noise_h * tf.random.normal(tf.shape(deter), dtype=deter.dtype)
+  stoch = mean + std * tf.random.normal(tf.shape(mean), dtype=mean.dtype)
+  derived = dict(mean=mean, std=std, stoch=stoch, deter=deter)
+  return {k: tf.concat([start[k], derived[k]], 0) for k in start}
+
+
+class TrajectoryEvaluator(tools.Module):
+  """E(z, a, z'): softmax over {fake, real} for one transition (Eq. 3).
+
+  A state enters as [mean of s, h] for real, overshoot and imagined
+  transitions alike, so that the width of posterior and prior samples cannot
+  give the answer away.
+  """
+
+  def __init__(self, layers=3, units=400, act=tf.nn.elu):
+    self._layers = layers
+    self._units = units
+    self._act = act
+
+  def __call__(self, state, action, next_state):
+    x = tf.concat([
+        self.features(state), tf.cast(action, state['deter'].dtype),
+        self.features(next_state)], -1)
+    for index in range(self._layers):
+      x = self.get(f'h{index}', tfkl.Dense, self._units, self._act)(x)
+    return tf.cast(self.get('hout', tfkl.Dense, 2)(x), tf.float32)
+
+  @staticmethod
+  def features(state):
+    return tf.concat([state['mean'], state['deter']], -1)
+
+  def log_prob_real(self, state, action, next_state):
+    return tf.nn.log_softmax(self(state, action, next_state))[..., 1]
+
+
+def overshoot_triples(dynamics, post, action, horizon):
+  """Real and fake transitions for the evaluator (Eq. 3), from every start t
+  whose window t..t+horizon+1 fits the sequence.
+
+  Real: (z_tau, a, z_tau+1) for tau = t..t+horizon. Fake: the open-loop
+  overshoot from the same z_t on the same real actions, z_hat_t = z_t. Row t
+  of a sequence holds the action that led to z_t, so z_tau -> z_tau+1 used
+  action[:, tau + 1]. Returns (real, fake) as (state, action, next_state)
+  triples with a leading axis of horizon + 1 steps.
+  """
+  post = tf.nest.map_structure(tf.stop_gradient, post)
+  starts = action.shape[1] - horizon - 1
+  flatten = lambda x: tf.reshape(x, [-1] + list(x.shape[2:]))
+  window = lambda x, k: flatten(x[:, k: k + starts])
+  steps = range(horizon + 1)
+  acts = tf.stack([window(action, k + 1) for k in steps], 0)
+  real_prev = {k: tf.stack([window(v, i) for i in steps], 0)
+               for k, v in post.items()}
+  real_next = {k: tf.stack([window(v, i + 1) for i in steps], 0)
+               for k, v in post.items()}
+  start = {k: window(v, 0) for k, v in post.items()}
+  fake_next = tools.static_scan(dynamics.img_step, acts, start)
+  fake_next = tf.nest.map_structure(tf.stop_gradient, fake_next)
+  fake_prev = {k: tf.concat([start[k][None], fake_next[k][:-1]], 0)
+               for k in start}
+  return (real_prev, acts, real_next), (fake_prev, acts, fake_next)
+
+
+def reliability_weights(log_real):
+  """Eq. 4: W = P(real) of every imagined transition, normalized over the
+  whole batch and horizon, in log space: softmax(log W). No gradient."""
+  flat = tf.reshape(tf.cast(log_real, tf.float32), [-1])
+  weights = tf.reshape(tf.nn.softmax(flat), tf.shape(log_real))
+  return tf.stop_gradient(weights)
+
+
+def actor_loss(returns, discount, weights=None):
+  """Dreamer's actor loss, or Eq. 8's when weighted: -sum(w * discount * V)."""
+  if weights is None:
+    return -tf.reduce_mean(discount * returns)
+  return -tf.reduce_sum(weights * discount * returns)
+
+
+def value_loss(value_pred, target, discount, weights=None):
+  """Dreamer's value loss, or Eq. 7's when weighted: the unit Normal's
+  negative log-likelihood is 0.5 * (v - V_lambda)^2 plus a constant."""
+  nll = -value_pred.log_prob(target)
+  if weights is None:
+    return tf.reduce_mean(discount * nll)
+  return tf.reduce_sum(weights * discount * nll)

@@ -107,9 +107,10 @@ def test_command_line_errors_are_one_line():
 
 
 def _train(logdir, *args):
+  if '--configs' not in args:
+    args = ('--configs', 'defaults', 'dmc', 'debug', *args)
   result = subprocess.run(
-      [sys.executable, 'dreamer_idm.py', '--configs', 'defaults', 'dmc',
-       'debug', '--logdir', str(logdir), *args],
+      [sys.executable, 'dreamer_idm.py', '--logdir', str(logdir), *args],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr
   return result.stdout
