@@ -3,11 +3,16 @@ the chosen presets (full default sizes unless told otherwise) and prints one
 JSON object.
 
   python bench.py                          # defaults, i.e. upstream's sizes
+  python bench.py --configs defaults dmc idm   # IDM beside Dreamer, and ratio
   python bench.py --configs defaults debug --updates 5
+
+Each agent is measured in a fresh spawned process, so that its first update
+includes the whole build and trace and its peak memory is its own.
 """
 
 import argparse
 import json
+import multiprocessing
 import pathlib
 import resource
 import statistics
@@ -51,8 +56,12 @@ def measure_env(config, steps):
   return steps * config.action_repeat / duration
 
 
+IDM_OFF = dict(constraint=False, derived_copies=0, evaluator=False)
+
+
 def measure_agent(config, updates, directory):
   import tensorflow as tf
+  dreamer_idm.setup_precision(str(config.precision))
   actdim = 6  # Walker's action size.
   fake_episodes(directory, config, actdim)
   space = type('Space', (), {'shape': (actdim,)})()
@@ -81,7 +90,15 @@ def measure_agent(config, updates, directory):
       update_seconds=statistics.median(durations),
       update_seconds_all=[round(x, 3) for x in durations],
       first_update_seconds=first,
-      policy_step_ms=1000 * statistics.median(policy[10:]))
+      policy_step_ms=1000 * statistics.median(policy[10:]),
+      peak_memory_gb=resource.getrusage(
+          resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2)
+
+
+def measure_in_process(config, updates, directory):
+  context = multiprocessing.get_context('spawn')
+  with context.Pool(1) as pool:
+    return pool.apply(measure_agent, (config, updates, directory))
 
 
 def main(argv):
@@ -91,14 +108,22 @@ def main(argv):
   parser.add_argument('--env_steps', type=int, default=200)
   args, rest = parser.parse_known_args(argv)
   config = dreamer_idm.parse_args(['--configs', *args.configs, *rest])
+  dreamer_idm.check_config(config)
   policy = dreamer_idm.setup_precision(str(config.precision))
   config.logdir = pathlib.Path(tempfile.mkdtemp(prefix='bench-'))
   config.log_images = False
   result = dict(configs=args.configs, precision=policy)
   result['env_steps_per_sec'] = measure_env(config, args.env_steps)
-  result.update(measure_agent(config, args.updates, config.logdir / 'episodes'))
-  result['peak_memory_gb'] = (
-      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2)
+  result.update(measure_in_process(
+      config, args.updates, config.logdir / 'episodes'))
+  if any(config[k] != v for k, v in IDM_OFF.items()):
+    # The same sizes with every IDM part off: plain Dreamer, for the ratio.
+    dreamer = tools.AttrDict(config, **IDM_OFF)
+    dreamer.logdir = pathlib.Path(tempfile.mkdtemp(prefix='bench-'))
+    result['dreamer'] = measure_in_process(
+        dreamer, args.updates, dreamer.logdir / 'episodes')
+    result['update_ratio_to_dreamer'] = (
+        result['update_seconds'] / result['dreamer']['update_seconds'])
   print(json.dumps(result), flush=True)
 
 

@@ -3,6 +3,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import tensorflow as tf
@@ -101,8 +102,9 @@ def test_command_line_errors_are_one_line():
   assert result.returncode == 2
   lines = [x for x in result.stderr.splitlines() if x.startswith('Error')]
   assert lines == [
-      "Error: Unknown preset 'nope'; choose from defaults, dmc, dreamer, "
-      "debug (see configs.yaml)."]
+      "Error: Unknown preset 'nope'; choose from defaults, dmc, dreamer, idm, "
+      "idm_no_evaluator, idm_no_derived, idm_evaluator_only, "
+      "dreamer_doubled_batch, debug (see configs.yaml)."]
   assert 'Traceback' not in result.stderr
 
 
@@ -145,14 +147,31 @@ def test_train_evaluate_checkpoint_and_resume(tmp_path):
   assert list(logdir.glob('events.out.tfevents.*'))
   assert tools.load_presets(logdir / 'config.yaml')['batch_length'] == 10
 
+  # Killed with SIGKILL mid-collection: only the episode in progress and the
+  # updates since the checkpoint may be lost.
+  process = subprocess.Popen(
+      [sys.executable, 'dreamer_idm.py', '--configs', 'defaults', 'dmc',
+       'debug', '--logdir', str(logdir), '--steps', '800'],
+      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while len(list((logdir / 'episodes').glob('*.npz'))) < 5:
+    assert process.poll() is None and time.time() < deadline
+    time.sleep(0.1)
+  process.kill()
+  process.wait()
+  killed = sorted(p.name for p in (logdir / 'episodes').glob('*.npz'))
+  assert set(episodes) < set(killed) and len(killed) == 5
+  for name in killed:
+    assert tools.load_episode(logdir / 'episodes' / name) is not None
+
   out = _train(logdir, '--steps', '600')
   assert 'Prefill dataset with 0 steps.' in out
-  assert 'Resumed from checkpoint at step 400; 400 env steps stored.' in out
-  # The evaluation at step 400 is in the checkpoint: collection comes first.
-  assert out.index('Start collection.') < out.index('Start evaluation.')
+  assert 'Resumed from checkpoint at step 400; 500 env steps stored.' in out
+  # The checkpoint is older than the data, so this run evaluates first.
+  assert out.index('Start evaluation.') < out.index('Start collection.')
   after = sorted(p.name for p in (logdir / 'episodes').glob('*.npz'))
-  assert set(episodes) < set(after) and len(after) == 6
+  assert set(killed) < set(after) and len(after) == 6
   assert tools.read_checkpoint(logdir / 'variables.pkl')['step'] == 600
   records = _records(logdir)
   assert [r['step'] for r in records if 'test/return' in r] == [
-      100, 300, 400, 600]
+      100, 300, 400, 500, 600]

@@ -319,7 +319,9 @@ def test_idm_trains_logs_checkpoints_and_resumes(tmp_path):
   out = _train(logdir, '--configs', 'defaults', 'dmc', 'idm', 'debug',
                '--steps', '400')
   assert 'Prefill dataset with 0 steps.' in out
-  assert 'Resumed from checkpoint at step 300' in out
+  assert 'Resumed from checkpoint at step 300; 300 env steps stored.' in out
+  # The evaluation at step 300 is in the checkpoint: collection comes first.
+  assert out.index('Start collection.') < out.index('Start evaluation.')
   assert tools.read_checkpoint(logdir / 'variables.pkl')['step'] == 400
   out = subprocess_error(logdir)
   assert 'evaluator: True -> False' in out
