@@ -449,8 +449,10 @@ def summarize_episode(episode, config, datadir, writer, logger, prefix):
       tools.video_summary(f'sim/{prefix}/video', episode['image'][None], step)
 
 
-def make_env(config, writer, logger, prefix, datadir, store):
-  env = wrappers.make_async_env(config, f'{prefix} env')
+def make_env(config, writer, logger, prefix, datadir, store, index=0):
+  env = wrappers.make_async_env(
+      config, f'{prefix} env', test=(prefix == 'test'),
+      seed=config.seed * 1000 + index)
   callbacks = []
   if store:
     callbacks.append(lambda ep: tools.save_episodes(datadir, [ep]))
@@ -485,6 +487,9 @@ def check_config(config):
     if config[key] not in choices:
       raise tools.ConfigError(
           f'--{key} must be one of {", ".join(choices)}, got {config[key]!r}.')
+  for key in ('eval_rotation', 'eval_noise_std', 'eval_shift'):
+    if config[key] < 0:
+      raise tools.ConfigError(f'--{key} must be 0 (off) or more, got {config[key]}.')
   for key in ('envs', 'batch_size', 'batch_length', 'horizon'):
     if config[key] < 1:
       raise tools.ConfigError(f'--{key} must be at least 1, got {config[key]}.')
@@ -542,11 +547,11 @@ def main(config):
   logger = Logger(config, writer, datadir)
   train_envs, test_envs = [], []
   try:
-    for _ in range(config.envs):
+    for index in range(config.envs):
       train_envs.append(make_env(
-          config, writer, logger, 'train', datadir, store=True))
+          config, writer, logger, 'train', datadir, store=True, index=index))
       test_envs.append(make_env(
-          config, writer, logger, 'test', datadir, store=False))
+          config, writer, logger, 'test', datadir, store=False, index=index))
     actspace = train_envs[0].action_space
     run(config, datadir, writer, logger, train_envs, test_envs, actspace,
         checkpoint, checkpoint_path)

@@ -6,7 +6,7 @@ setuptools.setup(
     description=(
         'Dreamer and IDM (Model-Based RL via Imagination with Derived '
         'Memory) in TensorFlow 2.'),
-    py_modules=['dreamer_idm', 'models', 'tools', 'wrappers', 'bench'],
+    py_modules=['dreamer_idm', 'models', 'tools', 'wrappers', 'bench', 'evaluate'],
     python_requires='>=3.10',
     install_requires=[
         'tensorflow>=2.16',
@@ -18,6 +18,7 @@ setuptools.setup(
         'mujoco==3.17.0',
         'numpy>=2',
         'ruamel.yaml',
+        'scipy',
     ],
     extras_require={'test': ['pytest', 'ruff']},
 )

@@ -236,8 +236,57 @@ class RewardObs:
     return receive() if blocking else receive
 
 
-def make_env(task, action_repeat, time_limit, size=(64, 64)):
-  """Builds a rendering environment; runs inside an Async worker."""
+class PerturbImage:
+  """Test-time image uncertainty: rotation by an angle drawn uniformly from
+  [-rotation, +rotation] degrees (the paper's Table 1 uses 5), Gaussian pixel
+  noise with std `noise_std` (0-255 units) and a random translation of up to
+  `shift` pixels, each drawn anew every step. Same size and dtype; the border
+  is filled with black. Zero switches a perturbation off."""
+
+  def __init__(self, env, rotation=0.0, noise_std=0.0, shift=0, seed=None):
+    self._env = env
+    self._rotation = rotation
+    self._noise_std = noise_std
+    self._shift = shift
+    self._random = np.random.RandomState(seed)
+
+  def __getattr__(self, name):
+    return getattr(self._env, name)
+
+  def step(self, action):
+    obs, reward, done, info = self._env.step(action)
+    return self._perturb(obs), reward, done, info
+
+  def reset(self):
+    return self._perturb(self._env.reset())
+
+  def _perturb(self, obs):
+    from scipy import ndimage
+    image = obs['image'].astype(np.float32)
+    if self._rotation:
+      image = rotate(image, self._random.uniform(
+          -self._rotation, self._rotation))
+    if self._shift:
+      offset = self._random.randint(-self._shift, self._shift + 1, 2)
+      image = ndimage.shift(image, (*offset, 0), order=0, mode='constant')
+    if self._noise_std:
+      image += self._random.normal(0, self._noise_std, image.shape)
+    if self._rotation or self._shift or self._noise_std:
+      obs = dict(obs, image=np.clip(np.round(image), 0, 255).astype(np.uint8))
+    return obs
+
+
+def rotate(image, angle):
+  """Rotates an HxWxC image about its center, same size, black border."""
+  from scipy import ndimage
+  return ndimage.rotate(
+      image, angle, axes=(1, 0), reshape=False, order=1, mode='constant')
+
+
+def make_env(
+    task, action_repeat, time_limit, size=(64, 64), perturb=None, seed=None):
+  """Builds a rendering environment; runs inside an Async worker. `perturb`
+  holds PerturbImage's settings, for test environments only."""
   suite, name = task.split('_', 1) if '_' in task else (task, '')
   if suite != 'dmc':
     raise ValueError(
@@ -247,6 +296,8 @@ def make_env(task, action_repeat, time_limit, size=(64, 64)):
   env = ActionRepeat(env, action_repeat)
   env = NormalizeActions(env)
   env = TimeLimit(env, time_limit / action_repeat)
+  if perturb and any(perturb.values()):
+    env = PerturbImage(env, **perturb, seed=seed)
   return env
 
 
@@ -385,7 +436,12 @@ def _worker(ctor, conn):
   conn.close()
 
 
-def make_async_env(config, name, parallel=None):
+def make_async_env(config, name, parallel=None, test=False, seed=None):
+  # Perturbations apply to test environments only; training images never.
+  perturb = dict(
+      rotation=config.eval_rotation, noise_std=config.eval_noise_std,
+      shift=config.eval_shift) if test else None
   ctor = functools.partial(
-      make_env, config.task, config.action_repeat, config.time_limit)
+      make_env, config.task, config.action_repeat, config.time_limit,
+      perturb=perturb, seed=seed)
   return Async(ctor, parallel or config.parallel, name)

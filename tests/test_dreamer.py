@@ -175,3 +175,27 @@ def test_train_evaluate_checkpoint_and_resume(tmp_path):
   records = _records(logdir)
   assert [r['step'] for r in records if 'test/return' in r] == [
       100, 300, 400, 500, 600]
+
+  # evaluate.py on the trained run: plain and rotated test episodes.
+  result = subprocess.run(
+      [sys.executable, 'evaluate.py', '--logdir', str(logdir), '--episodes',
+       '2', '--rotation', '5'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  report = json.loads((logdir / 'eval_600.json').read_text())
+  assert report['step'] == 600 and report['task'] == 'dmc_walker_walk'
+  plain, rotated = report['results']
+  assert plain['perturbation'] == dict(rotation=0.0, noise_std=0.0, shift=0)
+  assert rotated['perturbation']['rotation'] == 5.0
+  for entry in (plain, rotated):
+    assert len(entry['returns']) == 2
+    assert entry['mean'] == pytest.approx(sum(entry['returns']) / 2)
+  assert 'perturbation {\'rotation\': 5.0}: return' in result.stdout
+
+
+def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
+  result = subprocess.run(
+      [sys.executable, 'evaluate.py', '--logdir', str(tmp_path)],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert f'Error: No checkpoint in {tmp_path}' in result.stderr

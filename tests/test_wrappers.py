@@ -10,8 +10,10 @@ import wrappers
 
 def _config(**kwargs):
   config = dict(
-      task='dmc_walker_walk', action_repeat=2, time_limit=20, parallel='none')
-  return tools.AttrDict(config, **kwargs)
+      task='dmc_walker_walk', action_repeat=2, time_limit=20, parallel='none',
+      eval_rotation=0.0, eval_noise_std=0.0, eval_shift=0)
+  config.update(kwargs)
+  return tools.AttrDict(config)
 
 
 def test_worker_renders_real_task_with_normalized_actions():
@@ -80,3 +82,57 @@ def test_dead_worker_is_reported():
       env.step(np.zeros(6, np.float32))
   finally:
     env.close()
+
+
+def test_rotation_by_zero_is_the_identity_and_otherwise_changes_the_frame():
+  random = np.random.RandomState(0)
+  image = random.randint(0, 255, (64, 64, 3)).astype(np.uint8)
+  same = wrappers.rotate(image.astype(np.float32), 0.0)
+  np.testing.assert_array_equal(np.round(same).astype(np.uint8), image)
+  rotated = wrappers.rotate(image.astype(np.float32), 5.0)
+  assert rotated.shape == image.shape
+  assert np.abs(rotated - image).mean() > 10
+  assert np.all(rotated[0, 0] == 0)  # The corner comes from outside: black.
+
+
+class _Frames:
+  action_space = None
+
+  def __init__(self):
+    self.image = np.full((64, 64, 3), 200, np.uint8)
+
+  def reset(self):
+    return {'image': self.image.copy()}
+
+  def step(self, action):
+    return {'image': self.image.copy()}, 0.0, False, {}
+
+
+def test_perturbations_keep_shape_and_dtype_and_zero_is_off():
+  off = wrappers.PerturbImage(_Frames(), 0.0, 0.0, 0, seed=0)
+  np.testing.assert_array_equal(off.reset()['image'], _Frames().image)
+  for kwargs in (dict(rotation=5.0), dict(noise_std=10.0), dict(shift=4)):
+    env = wrappers.PerturbImage(_Frames(), **kwargs, seed=0)
+    frames = [env.reset()['image']] + [
+        env.step(None)[0]['image'] for _ in range(5)]
+    for frame in frames:
+      assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
+    assert any(not np.array_equal(f, _Frames().image) for f in frames)
+    # A new draw every step.
+    assert any(not np.array_equal(frames[1], f) for f in frames[2:])
+
+
+def test_only_test_environments_are_perturbed():
+  config = _config(eval_rotation=30.0, eval_noise_std=0.0, eval_shift=0)
+  corners = {}
+  for test in (False, True):
+    env = wrappers.make_async_env(config, 'env', test=test, seed=0)
+    try:
+      frames = [env.reset()['image']]
+      frames += [env.step(np.zeros(6, np.float32))[0]['image'] for _ in range(9)]
+    finally:
+      env.close()
+    corners[test] = [int(np.all(f[0, 0] == 0) or np.all(f[-1, -1] == 0))
+                     for f in frames]
+  assert sum(corners[False]) == 0  # Training frames: never rotated.
+  assert sum(corners[True]) >= 7   # Test frames: black rotated-in corners.
