@@ -444,14 +444,15 @@ def summarize_episode(episode, config, datadir, writer, logger, prefix):
   logger.scalars(step, {
       f'{prefix}/return': ret, f'{prefix}/length': length // config.action_repeat,
       'episodes': episodes})
-  if prefix == 'test' and config.log_images:
+  if prefix.startswith('test') and config.log_images:
     with writer.as_default():
       tools.video_summary(f'sim/{prefix}/video', episode['image'][None], step)
 
 
 def make_env(config, writer, logger, prefix, datadir, store, index=0):
+  # Only the test_perturbed envs see eval_rotation, eval_noise_std, eval_shift.
   env = wrappers.make_async_env(
-      config, f'{prefix} env', test=(prefix == 'test'),
+      config, f'{prefix} env', test=(prefix == 'test_perturbed'),
       seed=config.seed * 1000 + index)
   callbacks = []
   if store:
@@ -545,18 +546,24 @@ def main(config):
   writer = tf.summary.create_file_writer(
       str(config.logdir), max_queue=1000, flush_millis=20000)
   logger = Logger(config, writer, datadir)
-  train_envs, test_envs = [], []
+  # With a test-time perturbation, every evaluation runs a plain episode
+  # (test/return, as upstream) and a perturbed one (test_perturbed/return).
+  prefixes = ['test']
+  if config.eval_rotation or config.eval_noise_std or config.eval_shift:
+    prefixes.append('test_perturbed')
+  train_envs, test_envs = [], {prefix: [] for prefix in prefixes}
   try:
     for index in range(config.envs):
       train_envs.append(make_env(
           config, writer, logger, 'train', datadir, store=True, index=index))
-      test_envs.append(make_env(
-          config, writer, logger, 'test', datadir, store=False, index=index))
+      for prefix in prefixes:
+        test_envs[prefix].append(make_env(
+            config, writer, logger, prefix, datadir, store=False, index=index))
     actspace = train_envs[0].action_space
     run(config, datadir, writer, logger, train_envs, test_envs, actspace,
         checkpoint, checkpoint_path)
   finally:
-    for env in train_envs + test_envs:
+    for env in train_envs + sum(test_envs.values(), []):
       env.close()
     writer.flush()
 
@@ -589,8 +596,9 @@ def run(config, datadir, writer, logger, train_envs, test_envs, actspace,
   while True:
     if not evaluated:
       print('Start evaluation.', flush=True)
-      tools.simulate(
-          functools.partial(agent, training=False), test_envs, episodes=1)
+      for envs in test_envs.values():
+        tools.simulate(
+            functools.partial(agent, training=False), envs, episodes=1)
       writer.flush()
       agent.save(checkpoint_path)
     evaluated = False

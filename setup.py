@@ -6,7 +6,9 @@ setuptools.setup(
     description=(
         'Dreamer and IDM (Model-Based RL via Imagination with Derived '
         'Memory) in TensorFlow 2.'),
-    py_modules=['dreamer_idm', 'models', 'tools', 'wrappers', 'bench', 'evaluate'],
+    py_modules=[
+        'dreamer_idm', 'models', 'tools', 'wrappers', 'bench', 'evaluate',
+        'tables', 'plotting'],
     python_requires='>=3.10',
     install_requires=[
         'tensorflow>=2.16',
@@ -19,6 +21,7 @@ setuptools.setup(
         'numpy>=2',
         'ruamel.yaml',
         'scipy',
+        'matplotlib',
     ],
     extras_require={'test': ['pytest', 'ruff']},
 )

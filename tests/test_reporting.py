@@ -1,0 +1,101 @@
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+import plotting
+import tables
+
+
+def _write(root, task, preset, seed, records, broken=False):
+  folder = root / task / preset / str(seed)
+  folder.mkdir(parents=True)
+  lines = [json.dumps(r) for r in records]
+  if broken:
+    lines.append('{"step": 5')  # Cut by a crash.
+  (folder / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
+
+
+def _curve(points, key='test/return', other=None):
+  records = []
+  for step, value in points:
+    record = {'step': step, key: value}
+    if other:
+      record[other] = value - 100
+    records.append(record)
+    records.append({'step': step, 'model_loss': 1.0})
+  return records
+
+
+@pytest.fixture
+def root(tmp_path):
+  both = dict(other='test_perturbed/return')
+  _write(tmp_path, 'walker_walk', 'idm', 0, _curve(
+      [(10_000, 1), (98_000, 500), (110_000, 900), (502_000, 800)], **both))
+  _write(tmp_path, 'walker_walk', 'idm', 1, _curve(
+      [(10_000, 1), (104_000, 600), (496_000, 900)], **both), broken=True)
+  _write(tmp_path, 'dmc_walker_walk', 'dreamer', 0, _curve(
+      [(10_000, 5), (100_000, 300)], **both))
+  return tmp_path
+
+
+def test_tables_take_the_nearest_evaluation_and_never_guess(root):
+  rows = tables.build(root, tolerance=10_000)
+  find = lambda **kw: [r for r in rows if all(r[k] == v for k, v in kw.items())]
+  (idm,) = find(table='table2', step='100k', source='ours', method='idm',
+                task='walker_walk')
+  assert idm['mean'] == pytest.approx(550.0) and idm['seeds'] == 2
+  assert idm['std'] == pytest.approx(np.std([500, 600]))
+  (idm,) = find(table='table2', step='500k', source='ours', method='idm',
+                task='walker_walk')
+  assert idm['mean'] == pytest.approx(850.0)
+  (rotated,) = find(table='table1', step='500k', source='ours', method='idm',
+                    task='walker_walk')
+  assert rotated['mean'] == pytest.approx(750.0)
+  # Dreamer never got near 500K: missing, not its 100K value.
+  (dreamer,) = find(table='table2', step='500k', source='ours',
+                    method='dreamer', task='walker_walk')
+  assert dreamer['mean'] is None and dreamer['seeds'] == 0
+  (dreamer,) = find(table='table2', step='100k', source='ours',
+                    method='dreamer', task='walker_walk')
+  assert dreamer['mean'] == 300.0 and dreamer['std'] == 0.0
+  (paper,) = find(table='table1', step='100k', source='paper', method='idm',
+                  task='walker_walk')
+  assert (paper['mean'], paper['std']) == (527.1, 166)
+  assert find(table='table2', step='100k', source='ours', method='idm',
+              task='hopper_stand')[0]['mean'] is None
+  text = tables.markdown(rows)
+  assert '| idm (ours) | 550.0 ± 50.0 (2) | missing |' in text
+  assert '| idm (paper) | 630.0 ± 113.0 |' in text
+  parsed = list(csv.DictReader(io.StringIO(tables.to_csv(rows))))
+  assert len(parsed) == len(rows)
+
+
+def test_tables_command_writes_files(root, tmp_path):
+  assert tables.main(['--root', str(root), '--out', str(tmp_path / 'out')]) == 0
+  assert '550.0 ± 50.0 (2)' in (tmp_path / 'out' / 'tables.md').read_text()
+  assert tables.main(['--root', str(tmp_path / 'nope')]) == 2
+
+
+def test_plotting_writes_valid_pngs(root, tmp_path):
+  import matplotlib.image
+  out = tmp_path / 'plots'
+  assert plotting.main(['--root', str(root), '--out', str(out)]) == 0
+  names = sorted(p.name for p in out.glob('*.png'))
+  assert names == ['ablations_table1.png', 'ablations_table2.png',
+                   'curves_table1.png', 'curves_table2.png']
+  for name in names:
+    data = (out / name).read_bytes()
+    assert data[:8] == b'\x89PNG\r\n\x1a\n'
+    image = matplotlib.image.imread(out / name)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0
+
+
+def test_band_averages_over_the_seeds_at_each_step():
+  steps, mean, std = plotting.band({
+      '0': [(0, 1.0), (10, 3.0)], '1': [(0, 3.0), (10, 5.0), (20, 7.0)]})
+  np.testing.assert_array_equal(steps, [0, 10, 20])
+  np.testing.assert_allclose(mean, [2.0, 4.0, 7.0])
+  np.testing.assert_allclose(std, [1.0, 1.0, 0.0])
