@@ -64,7 +64,9 @@ def plot(runs, presets, paper, filename, title):
         for label, target in tables.TARGETS.items():
           mean, std = paper[task][method][label]
           ax.errorbar(target, mean, yerr=std, fmt=marker, color=color,
-                      mfc='white', capsize=3)
+                      mfc='white', capsize=3,
+                      label=f'{STYLE[method][0]} (paper)' if label == '100k'
+                      else None)
     ax.set_title(task)
     ax.set_xlabel('env steps')
     ax.set_ylabel('test return')
@@ -72,7 +74,7 @@ def plot(runs, presets, paper, filename, title):
   for ax in list(axes.flat)[len(tasks):]:
     ax.axis('off')
   axes.flat[0].legend(fontsize=8)
-  fig.suptitle(title + ' (hollow markers: paper)')
+  fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   filename.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(filename, dpi=100)
@@ -91,14 +93,16 @@ def main(argv):
   paper = json.loads(tables.PAPER.read_text())
   out = pathlib.Path(args.out)
   written = []
-  for table, (paper_key, metric, title) in tables.TABLES.items():
+  for table, (paper_key, metric, _) in tables.TABLES.items():
+    title = {'table1': 'rotated test images', 'table2': 'plain test images'}[
+        table]
     runs = tables.load_runs(args.root, metric)
     written.append(plot(
         runs, ('idm', 'dreamer'), paper[paper_key],
         out / f'curves_{table}.png', title))
     written.append(plot(
         runs, ABLATIONS, paper[paper_key], out / f'ablations_{table}.png',
-        'Ablations, ' + title))
+        'ablations, ' + title))
   for filename in filter(None, written):
     print(f'Wrote {filename}.')
   return 0
