@@ -326,12 +326,13 @@ class Dreamer(tools.Module):
     return tf.concat([truth, model, error], 2)
 
   @tf.function
-  def _perturbation_image(self, data):
+  def _perturbation_image(self, data, noise_h=None, noise_s=None):
     # Like the paper's Figure 1: truth, decoded z, decoded perturbed z'.
     data = {k: v[:1, :8] for k, v in data.items()}
     post, _ = self._dynamics.observe(self._encode(data), data['action'])
     noisy = models.perturb_state(
-        post, self._c.derived_noise_h, self._c.derived_noise_s)
+        post, self._c.derived_noise_h if noise_h is None else noise_h,
+        self._c.derived_noise_s if noise_s is None else noise_s)
     recon = self._decode(self._dynamics.get_feat(post)).mode()
     perturbed = self._decode(self._dynamics.get_feat(noisy)).mode()
     rows = [tf.cast(data['image'], tf.float32), recon, perturbed]

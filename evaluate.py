@@ -18,7 +18,8 @@ import tools
 import wrappers
 
 
-def evaluate(logdir, episodes, perturbations):
+def load_agent(logdir):
+  """The agent of a run, restored from its checkpoint, with its config."""
   logdir = pathlib.Path(logdir).expanduser()
   checkpoint_path = logdir / 'variables.pkl'
   if not checkpoint_path.exists():
@@ -30,12 +31,18 @@ def evaluate(logdir, episodes, perturbations):
   config.update(checkpoint['config'])
   config.logdir = logdir
   dreamer_idm.setup_precision(str(config.precision))
-  datadir = logdir / 'episodes'
   space = _action_space(config)
   import tensorflow as tf
   agent = dreamer_idm.Dreamer(
-      config, datadir, space, tf.summary.create_noop_writer(), None)
+      config, logdir / 'episodes', space, tf.summary.create_noop_writer(),
+      None)
   agent.load(checkpoint, checkpoint_path)
+  return agent, config, checkpoint
+
+
+def evaluate(logdir, episodes, perturbations):
+  agent, config, checkpoint = load_agent(logdir)
+  logdir = config.logdir
   results = []
   for perturb in perturbations:
     settings = dict(config, eval_rotation=perturb['rotation'],

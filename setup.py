@@ -8,7 +8,7 @@ setuptools.setup(
         'Memory) in TensorFlow 2.'),
     py_modules=[
         'dreamer_idm', 'models', 'tools', 'wrappers', 'bench', 'evaluate',
-        'tables', 'plotting'],
+        'tables', 'plotting', 'sweep', 'figure1'],
     python_requires='>=3.10',
     install_requires=[
         'tensorflow>=2.16',
@@ -23,5 +23,6 @@ setuptools.setup(
         'scipy',
         'matplotlib',
     ],
-    extras_require={'test': ['pytest', 'ruff']},
+    # Ray runs sweeps on a cluster; the tests use a local instance.
+    extras_require={'test': ['pytest', 'ruff', 'ray'], 'ray': ['ray']},
 )
