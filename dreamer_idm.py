@@ -68,18 +68,15 @@ class Dreamer(tools.Module):
 
   @tf.function
   def policy(self, obs, state, training, amount):
-    if state is None:
-      latent = self._dynamics.initial(tf.shape(obs['image'])[0])
-      action = tf.zeros((tf.shape(obs['image'])[0], self._actdim), self._float)
-    else:
-      latent, action = state
+    # The state carries the latent and the last action between env steps.
+    batch = tf.shape(obs['image'])[0]
+    latent, action = state if state is not None else (
+        self._dynamics.initial(batch),
+        tf.zeros((batch, self._actdim), self._float))
     embed = self._encode(preprocess(obs, self._c))
     latent, _ = self._dynamics.obs_step(latent, action, embed)
-    feat = self._dynamics.get_feat(latent)
-    if training:
-      action = self._actor(feat).sample()
-    else:
-      action = self._actor(feat).mode()
+    dist = self._actor(self._dynamics.get_feat(latent))
+    action = dist.sample() if training else dist.mode()
     action = tf.cast(self._exploration(action, amount), self._float)
     return action, (latent, action)
 
@@ -99,16 +96,15 @@ class Dreamer(tools.Module):
       post, prior = self._dynamics.observe(embed, data['action'])
       feat = self._dynamics.get_feat(post)
       image_pred = self._decode(feat)
-      reward_pred = self._reward(feat)
-      likes = tools.AttrDict()
-      likes.image = tf.reduce_mean(
-          image_pred.log_prob(tf.cast(data['image'], tf.float32)))
-      likes.reward = tf.reduce_mean(reward_pred.log_prob(data['reward']))
+      # Mean log-likelihoods of what the model reconstructs and predicts.
+      likes = tools.AttrDict(
+          image=tf.reduce_mean(
+              image_pred.log_prob(tf.cast(data['image'], tf.float32))),
+          reward=tf.reduce_mean(self._reward(feat).log_prob(data['reward'])))
       if self._c.pcont:
-        pcont_pred = self._pcont(feat)
-        pcont_target = self._c.discount * data['discount']
-        likes.pcont = tf.reduce_mean(pcont_pred.log_prob(pcont_target))
-        likes.pcont *= self._c.pcont_scale
+        target = self._c.discount * data['discount']
+        likes.pcont = self._c.pcont_scale * tf.reduce_mean(
+            self._pcont(feat).log_prob(target))
       prior_dist = self._dynamics.get_dist(prior)
       post_dist = self._dynamics.get_dist(post)
       div = models.kl_loss(post_dist, prior_dist, self._c.free_nats)
@@ -121,16 +117,16 @@ class Dreamer(tools.Module):
     with tf.GradientTape() as actor_tape:
       imag_feat, imag_states, imag_actions, start = self._imagine_ahead(post)
       reward = self._reward(imag_feat).mode()
-      if self._c.pcont:
-        pcont = self._pcont(imag_feat).mean()
-      else:
-        pcont = self._c.discount * tf.ones_like(reward)
       value = self._value(imag_feat).mode()
+      pcont = (self._pcont(imag_feat).mean() if self._c.pcont
+               else tf.fill(tf.shape(reward), self._c.discount))
+      # States 0..H-2 carry loss; the value of the last one bootstraps.
       returns = tools.lambda_return(
-          reward[:-1], value[:-1], pcont[:-1],
-          bootstrap=value[-1], lambda_=self._c.disclam, axis=0)
-      discount = tf.stop_gradient(tf.math.cumprod(tf.concat(
-          [tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0))
+          reward[:-1], value[:-1], pcont[:-1], bootstrap=value[-1],
+          lambda_=self._c.disclam, axis=0)
+      # Weight of position j: the product of pcont before it (1, g, g^2...).
+      discount = tf.stop_gradient(
+          tf.math.cumprod(pcont[:-1], 0, exclusive=True))
       weights = None
       if self._c.evaluator:
         weights = self._reliability_weights(imag_states, imag_actions)
@@ -220,32 +216,30 @@ class Dreamer(tools.Module):
             tf.abs(start['deter'][originals:]) > 1, tf.float32)))
 
   def _build_model(self):
-    acts = dict(
-        elu=tf.nn.elu, relu=tf.nn.relu, swish=tf.nn.swish,
-        leaky_relu=tf.nn.leaky_relu)
-    cnn_act = acts[self._c.cnn_act]
-    act = acts[self._c.dense_act]
-    self._encode = models.ConvEncoder(self._c.cnn_depth, cnn_act)
-    self._dynamics = models.RSSM(
-        self._c.stoch_size, self._c.deter_size, self._c.deter_size)
-    self._decode = models.ConvDecoder(self._c.cnn_depth, cnn_act)
-    self._reward = models.DenseDecoder((), 2, self._c.num_units, act=act)
-    if self._c.pcont:
-      self._pcont = models.DenseDecoder(
-          (), 3, self._c.num_units, 'binary', act=act)
-    self._value = models.DenseDecoder((), 3, self._c.num_units, act=act)
-    self._actor = models.ActionDecoder(
-        self._actdim, 4, self._c.num_units, self._c.action_dist,
-        init_std=self._c.action_init_std, act=act)
+    c = self._c
+    acts = dict(elu=tf.nn.elu, relu=tf.nn.relu, swish=tf.nn.swish,
+                leaky_relu=tf.nn.leaky_relu)
+    act = acts[c.dense_act]
+    # World model: encoder, dynamics, decoder and heads on the features.
+    self._encode = models.ConvEncoder(c.cnn_depth, acts[c.cnn_act])
+    self._dynamics = models.RSSM(c.stoch_size, c.deter_size, c.deter_size)
+    self._decode = models.ConvDecoder(c.cnn_depth, acts[c.cnn_act])
+    self._reward = models.DenseDecoder((), 2, c.num_units, act=act)
     model_modules = [self._encode, self._dynamics, self._decode, self._reward]
-    if self._c.pcont:
+    if c.pcont:
+      self._pcont = models.DenseDecoder((), 3, c.num_units, 'binary', act=act)
       model_modules.append(self._pcont)
+    # Behavior: value and actor.
+    self._value = models.DenseDecoder((), 3, c.num_units, act=act)
+    self._actor = models.ActionDecoder(
+        self._actdim, 4, c.num_units, c.action_dist,
+        init_std=c.action_init_std, act=act)
     Optimizer = functools.partial(
-        tools.Adam, wd=self._c.weight_decay, clip=self._c.grad_clip,
-        wdpattern=self._c.weight_decay_pattern)
-    self._model_opt = Optimizer('model', model_modules, self._c.model_lr)
-    self._value_opt = Optimizer('value', [self._value], self._c.value_lr)
-    self._actor_opt = Optimizer('actor', [self._actor], self._c.actor_lr)
+        tools.Adam, wd=c.weight_decay, clip=c.grad_clip,
+        wdpattern=c.weight_decay_pattern)
+    self._model_opt = Optimizer('model', model_modules, c.model_lr)
+    self._value_opt = Optimizer('value', [self._value], c.value_lr)
+    self._actor_opt = Optimizer('actor', [self._actor], c.actor_lr)
     self._modules_to_save = model_modules + [self._value, self._actor]
     self._optimizers = [self._model_opt, self._value_opt, self._actor_opt]
     if self._c.evaluator:
@@ -290,10 +284,10 @@ class Dreamer(tools.Module):
     raise NotImplementedError(self._c.expl)
 
   def _imagine_ahead(self, post):
-    if self._c.pcont:  # Last step could be terminal.
+    if self._c.pcont:  # The last step may be terminal: start before it.
       post = {k: v[:, :-1] for k, v in post.items()}
-    flatten = lambda x: tf.reshape(x, [-1] + list(x.shape[2:]))
-    start = {k: flatten(v) for k, v in post.items()}
+    # Every posterior state of the batch starts a trajectory.
+    start = {k: tf.reshape(v, [-1, *v.shape[2:]]) for k, v in post.items()}
     # Derived memory (Eq. 2): K noisy copies of every start, imagined in the
     # same batch with the same policy and prior.
     start = models.derive_memory(
@@ -404,15 +398,16 @@ class Logger:
 
 
 def preprocess(obs, config):
+  """Images to [-0.5, 0.5] and actions in the compute dtype; rewards float32,
+  optionally squashed by tanh."""
   dtype = prec.global_policy().compute_dtype
-  obs = obs.copy()
-  obs['image'] = tf.cast(obs['image'], dtype) / 255.0 - 0.5
+  out = dict(obs, image=tf.cast(obs['image'], dtype) / 255.0 - 0.5)
   if 'action' in obs:
-    obs['action'] = tf.cast(obs['action'], dtype)
+    out['action'] = tf.cast(obs['action'], dtype)
   if 'reward' in obs:
-    clip_rewards = dict(none=lambda x: x, tanh=tf.tanh)[config.clip_rewards]
-    obs['reward'] = clip_rewards(tf.cast(obs['reward'], tf.float32))
-  return obs
+    reward = tf.cast(obs['reward'], tf.float32)
+    out['reward'] = tf.tanh(reward) if config.clip_rewards == 'tanh' else reward
+  return out
 
 
 def count_steps(datadir, config):
@@ -420,19 +415,19 @@ def count_steps(datadir, config):
 
 
 def load_dataset(directory, config):
-  episode = next(tools.load_episodes(directory, 1, config.batch_length))
-  signature = {
-      k: tf.TensorSpec((config.batch_length,) + v.shape[1:], v.dtype)
-      for k, v in episode.items()}
-  generator = lambda: tools.load_episodes(
-      directory, config.train_steps, config.batch_length,
-      config.dataset_balance, config.seed)
-  dataset = tf.data.Dataset.from_generator(
-      generator, output_signature=signature)
-  dataset = dataset.batch(config.batch_size, drop_remainder=True)
-  dataset = dataset.map(functools.partial(preprocess, config=config))
-  dataset = dataset.prefetch(10)
-  return dataset
+  """Batches of batch_size random chunks of batch_length steps, rescanning
+  the directory for new episodes every train_steps chunks."""
+  length = config.batch_length
+  example = next(tools.load_episodes(directory, 1, length))
+  signature = {key: tf.TensorSpec((length, *value.shape[1:]), value.dtype)
+               for key, value in example.items()}
+  chunks = tf.data.Dataset.from_generator(
+      lambda: tools.load_episodes(
+          directory, config.train_steps, length, config.dataset_balance,
+          config.seed),
+      output_signature=signature)
+  batches = chunks.batch(config.batch_size, drop_remainder=True)
+  return batches.map(functools.partial(preprocess, config=config)).prefetch(10)
 
 
 def summarize_episode(episode, config, datadir, writer, logger, prefix):

@@ -7,75 +7,72 @@ from tf_keras import mixed_precision as prec
 
 
 class RSSM(tools.Module):
+  """Recurrent state-space model: a GRU path h and a Gaussian path s."""
 
   def __init__(self, stoch=30, deter=200, hidden=200, act=tf.nn.elu):
     super().__init__()
-    self._activation = act
-    self._stoch_size = stoch
-    self._deter_size = deter
-    self._hidden_size = hidden
-    self._cell = tfkl.GRUCell(self._deter_size)
+    self._stoch_size, self._deter_size = stoch, deter
+    self._hidden_size, self._activation = hidden, act
+    self._cell = tfkl.GRUCell(deter)
 
   def initial(self, batch_size):
     dtype = prec.global_policy().compute_dtype
-    zeros = lambda size: tf.zeros([batch_size, size], dtype)
-    return dict(
-        mean=zeros(self._stoch_size), std=zeros(self._stoch_size),
-        stoch=zeros(self._stoch_size), deter=zeros(self._deter_size))
+    sizes = dict(mean=self._stoch_size, std=self._stoch_size,
+                 stoch=self._stoch_size, deter=self._deter_size)
+    return {k: tf.zeros([batch_size, n], dtype) for k, n in sizes.items()}
 
   def observe(self, embed, action, state=None):
+    # Scans over time, so inputs and outputs swap their first two axes.
     if state is None:
       state = self.initial(tf.shape(action)[0])
-    embed = tf.transpose(embed, [1, 0, 2])
-    action = tf.transpose(action, [1, 0, 2])
-    post, prior = tools.static_scan(
-        lambda prev, inputs: self.obs_step(prev[0], *inputs),
-        (action, embed), (state, state))
-    post = {k: tf.transpose(v, [1, 0, 2]) for k, v in post.items()}
-    prior = {k: tf.transpose(v, [1, 0, 2]) for k, v in prior.items()}
-    return post, prior
+    inputs = _swap_time((action, embed))
+    step = lambda carry, inp: self.obs_step(carry[0], inp[0], inp[1])
+    post, prior = tools.static_scan(step, inputs, (state, state))
+    return _swap_time(post), _swap_time(prior)
 
   def imagine(self, action, state=None):
     if state is None:
       state = self.initial(tf.shape(action)[0])
     assert isinstance(state, dict), state
-    action = tf.transpose(action, [1, 0, 2])
-    prior = tools.static_scan(self.img_step, action, state)
-    prior = {k: tf.transpose(v, [1, 0, 2]) for k, v in prior.items()}
-    return prior
+    prior = tools.static_scan(self.img_step, _swap_time(action), state)
+    return _swap_time(prior)
 
   def get_feat(self, state):
     return tf.concat([state['stoch'], state['deter']], -1)
 
   def get_dist(self, state):
     # Distributions in float32, also under mixed precision.
-    mean = tf.cast(state['mean'], tf.float32)
-    std = tf.cast(state['std'], tf.float32)
-    return tfd.MultivariateNormalDiag(mean, std)
+    return tfd.MultivariateNormalDiag(
+        tf.cast(state['mean'], tf.float32), tf.cast(state['std'], tf.float32))
 
   def obs_step(self, prev_state, prev_action, embed):
+    """Posterior: the prior step, corrected by the embedded observation."""
     prior = self.img_step(prev_state, prev_action)
-    x = tf.concat([prior['deter'], embed], -1)
-    x = self.get('obs1', tfkl.Dense, self._hidden_size, self._activation)(x)
-    x = self.get('obs2', tfkl.Dense, 2 * self._stoch_size, None)(x)
-    post = self._stoch_state(x, prior['deter'])
-    return post, prior
+    hidden = self.get('obs1', tfkl.Dense, self._hidden_size, self._activation)(
+        tf.concat([prior['deter'], embed], -1))
+    stats = self.get('obs2', tfkl.Dense, 2 * self._stoch_size)(hidden)
+    return self._gaussian(stats, prior['deter']), prior
 
   def img_step(self, prev_state, prev_action):
-    prev_action = tf.cast(prev_action, prev_state['stoch'].dtype)
-    x = tf.concat([prev_state['stoch'], prev_action], -1)
-    x = self.get('img1', tfkl.Dense, self._hidden_size, self._activation)(x)
-    x, deter = self._cell(x, [prev_state['deter']])
-    deter = deter[0]  # Keras wraps the state in a list.
-    x = self.get('img2', tfkl.Dense, self._hidden_size, self._activation)(x)
-    x = self.get('img3', tfkl.Dense, 2 * self._stoch_size, None)(x)
-    return self._stoch_state(x, deter)
+    """Prior: one step of the dynamics from the last state and action."""
+    stoch = prev_state['stoch']
+    inp = tf.concat([stoch, tf.cast(prev_action, stoch.dtype)], -1)
+    inp = self.get('img1', tfkl.Dense, self._hidden_size, self._activation)(inp)
+    out, (deter,) = self._cell(inp, [prev_state['deter']])
+    out = self.get('img2', tfkl.Dense, self._hidden_size, self._activation)(out)
+    stats = self.get('img3', tfkl.Dense, 2 * self._stoch_size)(out)
+    return self._gaussian(stats, deter)
 
-  def _stoch_state(self, x, deter):
-    mean, std = tf.split(x, 2, -1)
-    std = tf.nn.softplus(std) + 0.1
-    stoch = mean + std * tf.random.normal(tf.shape(mean), dtype=mean.dtype)
-    return {'mean': mean, 'std': std, 'stoch': stoch, 'deter': deter}
+  def _gaussian(self, stats, deter):
+    # std = softplus(.) + 0.1 keeps the latent from collapsing.
+    mean, raw_std = tf.split(stats, 2, -1)
+    std = tf.nn.softplus(raw_std) + 0.1
+    noise = tf.random.normal(tf.shape(mean), dtype=mean.dtype)
+    return dict(mean=mean, std=std, stoch=mean + std * noise, deter=deter)
+
+
+def _swap_time(nest):
+  return tf.nest.map_structure(lambda x: tf.transpose(x, [1, 0, 2]), nest)
 
 
 def kl_loss(post_dist, prior_dist, free_nats):
@@ -86,23 +83,27 @@ def kl_loss(post_dist, prior_dist, free_nats):
 
 
 class ConvEncoder(tools.Module):
+  """Four stride-2 convolutions with kernel 4, depths 1, 2, 4, 8 x depth."""
 
   def __init__(self, depth=32, act=tf.nn.relu):
     self._act = act
     self._depth = depth
 
   def __call__(self, obs):
-    kwargs = dict(strides=2, activation=self._act)
-    x = tf.reshape(obs['image'], (-1,) + tuple(obs['image'].shape[-3:]))
-    x = self.get('h1', tfkl.Conv2D, 1 * self._depth, 4, **kwargs)(x)
-    x = self.get('h2', tfkl.Conv2D, 2 * self._depth, 4, **kwargs)(x)
-    x = self.get('h3', tfkl.Conv2D, 4 * self._depth, 4, **kwargs)(x)
-    x = self.get('h4', tfkl.Conv2D, 8 * self._depth, 4, **kwargs)(x)
-    shape = tf.concat([tf.shape(obs['image'])[:-3], [32 * self._depth]], 0)
-    return tf.reshape(x, shape)
+    image = obs['image']
+    x = tf.reshape(image, [-1, *image.shape[-3:]])
+    for index, mult in enumerate((1, 2, 4, 8)):
+      conv = self.get(f'h{index + 1}', tfkl.Conv2D, mult * self._depth, 4,
+                      strides=2, activation=self._act)
+      x = conv(x)
+    # 64x64 inputs leave 2x2x(8 depth), flattened to 32 depth features.
+    batch_dims = tf.shape(image)[:-3]
+    return tf.reshape(x, tf.concat([batch_dims, [32 * self._depth]], 0))
 
 
 class ConvDecoder(tools.Module):
+  """Dense to 32 x depth at 1x1, then transposed convolutions to the image;
+  the image is the mean of a unit-variance Normal."""
 
   def __init__(self, depth=32, act=tf.nn.relu, shape=(64, 64, 3)):
     self._act = act
@@ -110,42 +111,43 @@ class ConvDecoder(tools.Module):
     self._shape = shape
 
   def __call__(self, features):
-    kwargs = dict(strides=2, activation=self._act)
-    x = self.get('h1', tfkl.Dense, 32 * self._depth, None)(features)
+    x = self.get('h1', tfkl.Dense, 32 * self._depth)(features)
     x = tf.reshape(x, [-1, 1, 1, 32 * self._depth])
-    x = self.get('h2', tfkl.Conv2DTranspose, 4 * self._depth, 5, **kwargs)(x)
-    x = self.get('h3', tfkl.Conv2DTranspose, 2 * self._depth, 5, **kwargs)(x)
-    x = self.get('h4', tfkl.Conv2DTranspose, 1 * self._depth, 6, **kwargs)(x)
-    x = self.get('h5', tfkl.Conv2DTranspose, self._shape[-1], 6, strides=2)(x)
-    mean = tf.reshape(x, tf.concat([tf.shape(features)[:-1], self._shape], 0))
-    mean = tf.cast(mean, tf.float32)
-    return tfd.Independent(tfd.Normal(mean, 1), len(self._shape))
+    layers = ((4 * self._depth, 5, self._act), (2 * self._depth, 5, self._act),
+              (self._depth, 6, self._act), (self._shape[-1], 6, None))
+    for index, (filters, kernel, act) in enumerate(layers):
+      deconv = self.get(f'h{index + 2}', tfkl.Conv2DTranspose, filters, kernel,
+                        strides=2, activation=act)
+      x = deconv(x)
+    batch_dims = tf.shape(features)[:-1]
+    mean = tf.reshape(x, tf.concat([batch_dims, self._shape], 0))
+    return tfd.Independent(
+        tfd.Normal(tf.cast(mean, tf.float32), 1), len(self._shape))
 
 
 class DenseDecoder(tools.Module):
+  """MLP head: a unit Normal ('normal') or a Bernoulli ('binary') over shape."""
 
   def __init__(self, shape, layers, units, dist='normal', act=tf.nn.elu):
-    self._shape = shape
-    self._layers = layers
-    self._units = units
-    self._dist = dist
-    self._act = act
+    self._shape, self._dist = tuple(shape), dist
+    self._layers, self._units, self._act = layers, units, act
 
   def __call__(self, features):
-    x = features
-    for index in range(self._layers):
-      x = self.get(f'h{index}', tfkl.Dense, self._units, self._act)(x)
-    x = self.get('hout', tfkl.Dense, int(np.prod(self._shape)))(x)
-    x = tf.reshape(x, tf.concat([tf.shape(features)[:-1], self._shape], 0))
-    x = tf.cast(x, tf.float32)
-    if self._dist == 'normal':
-      return tfd.Independent(tfd.Normal(x, 1), len(self._shape))
-    if self._dist == 'binary':
-      return tfd.Independent(tfd.Bernoulli(x), len(self._shape))
-    raise NotImplementedError(self._dist)
+    size = int(np.prod(self._shape))
+    out = self.mlp(features, self._layers, self._units, self._act, size)
+    batch_dims = tf.shape(features)[:-1]
+    out = tf.reshape(tf.cast(out, tf.float32),
+                     tf.concat([batch_dims, self._shape], 0))
+    dists = dict(normal=lambda: tfd.Normal(out, 1),
+                 binary=lambda: tfd.Bernoulli(out))
+    if self._dist not in dists:
+      raise NotImplementedError(self._dist)
+    return tfd.Independent(dists[self._dist](), len(self._shape))
 
 
 class ActionDecoder(tools.Module):
+  """Actor: a tanh-squashed Normal whose mean is bounded by mean_scale and
+  whose std starts near init_std; mode and entropy come from samples."""
 
   def __init__(
       self, size, layers, units, dist='tanh_normal', act=tf.nn.elu,
@@ -153,29 +155,21 @@ class ActionDecoder(tools.Module):
     if dist != 'tanh_normal':
       raise ValueError(
           f'action_dist {dist!r} is not supported; use tanh_normal.')
-    self._size = size
-    self._layers = layers
-    self._units = units
-    self._dist = dist
-    self._act = act
-    self._min_std = min_std
-    self._init_std = init_std
-    self._mean_scale = mean_scale
+    self._size, self._layers, self._units = size, layers, units
+    self._act, self._min_std = act, min_std
+    self._init_std, self._mean_scale = init_std, mean_scale
 
   def __call__(self, features):
-    raw_init_std = np.log(np.exp(self._init_std) - 1)
-    x = features
-    for index in range(self._layers):
-      x = self.get(f'h{index}', tfkl.Dense, self._units, self._act)(x)
-    x = self.get('hout', tfkl.Dense, 2 * self._size)(x)
-    mean, std = tf.split(tf.cast(x, tf.float32), 2, -1)
-    # Bounded mean and a softplus std that starts at init_std.
+    out = self.mlp(features, self._layers, self._units, self._act,
+                   2 * self._size)
+    mean, std = tf.split(tf.cast(out, tf.float32), 2, -1)
     mean = self._mean_scale * tf.tanh(mean / self._mean_scale)
-    std = tf.nn.softplus(std + raw_init_std) + self._min_std
-    dist = tfd.Normal(mean, std)
-    dist = tfd.TransformedDistribution(dist, tools.TanhBijector())
-    dist = tfd.Independent(dist, 1)
-    return tools.SampleDist(dist)
+    # softplus(x + softplus^-1(init_std)) is init_std at x = 0.
+    shift = np.log(np.expm1(self._init_std))
+    std = tf.nn.softplus(std + shift) + self._min_std
+    squashed = tfd.TransformedDistribution(
+        tfd.Normal(mean, std), tools.TanhBijector())
+    return tools.SampleDist(tfd.Independent(squashed, 1))
 
 
 # IDM additions (Mu et al., 2021, "Model-Based Reinforcement Learning via
@@ -240,9 +234,8 @@ class TrajectoryEvaluator(tools.Module):
     x = tf.concat([
         self.features(state), tf.cast(action, state['deter'].dtype),
         self.features(next_state)], -1)
-    for index in range(self._layers):
-      x = self.get(f'h{index}', tfkl.Dense, self._units, self._act)(x)
-    return tf.cast(self.get('hout', tfkl.Dense, 2)(x), tf.float32)
+    return tf.cast(self.mlp(x, self._layers, self._units, self._act, 2),
+                   tf.float32)
 
   @staticmethod
   def features(state):

@@ -26,20 +26,32 @@ from tf_keras import mixed_precision as prec  # noqa: E402
 
 
 class AttrDict(dict):
+  """A dict whose keys read and write as attributes: config.batch_size."""
 
-  __setattr__ = dict.__setitem__
-  __getattr__ = dict.__getitem__
+  def __getattr__(self, name):
+    try:
+      return self[name]
+    except KeyError:
+      raise AttributeError(name) from None
+
+  def __setattr__(self, name, value):
+    self[name] = value
 
 
 class Module(tf.Module):
+  """A tf.Module whose layers are made on first use, looked up by name."""
 
   def get(self, name, ctor, *args, **kwargs):
-    # Create or get layer by name to avoid mentioning it in the constructor.
-    if not hasattr(self, '_modules'):
-      self._modules = {}
-    if name not in self._modules:
-      self._modules[name] = ctor(*args, **kwargs)
-    return self._modules[name]
+    layers = self.__dict__.setdefault('_layers_by_name', {})
+    if name not in layers:
+      layers[name] = ctor(*args, **kwargs)
+    return layers[name]
+
+  def mlp(self, x, layers, units, act, outputs):
+    """Dense layers h0..h{layers-1} of `units`, then a linear `hout`."""
+    for index in range(layers):
+      x = self.get(f'h{index}', tf_keras.layers.Dense, units, act)(x)
+    return self.get('hout', tf_keras.layers.Dense, outputs)(x)
 
 
 # Config: named blocks of configs.yaml merged left to right, then --key value.
@@ -221,19 +233,21 @@ def load_variables(checkpoint, variables, filename):
 # Episodes: compressed npz files named <time>-<id>-<length>.npz.
 
 def count_episodes(directory):
-  filenames = pathlib.Path(directory).glob('*.npz')
-  lengths = [int(n.stem.rsplit('-', 1)[-1]) - 1 for n in filenames]
-  return len(lengths), sum(lengths)
+  """Episodes and transitions (rows minus the reset row) on disk, read from
+  the file names alone."""
+  rows = [int(path.stem.split('-')[-1])
+          for path in pathlib.Path(directory).glob('*.npz')]
+  return len(rows), sum(rows) - len(rows)
 
 
 def save_episodes(directory, episodes):
   directory = pathlib.Path(directory).expanduser()
   directory.mkdir(parents=True, exist_ok=True)
-  timestamp = datetime.datetime.now().strftime('%Y%m%dT%H%M%S')
+  stamp = datetime.datetime.now().strftime('%Y%m%dT%H%M%S')
   filenames = []
   for episode in episodes:
-    length = len(episode['reward'])
-    filename = directory / f'{timestamp}-{uuid.uuid4().hex}-{length}.npz'
+    rows = len(episode['reward'])
+    filename = directory / f'{stamp}-{uuid.uuid4().hex}-{rows}.npz'
     with io.BytesIO() as f:
       np.savez_compressed(f, **episode)
       atomic_write(filename, f.getvalue())
@@ -295,62 +309,59 @@ def load_episodes(directory, rescan, length=None, balance=False, seed=0):
 # Simulation.
 
 def simulate(agent, envs, steps=0, episodes=0, state=None):
-  """Steps the agent in the envs; returns a state to continue from."""
+  """Runs the agent in the envs until `steps` steps of finished episodes or
+  `episodes` episodes; returns a state that continues where this stopped.
+  Steps are counted when an episode ends, so only whole episodes count."""
   if state is None:
-    step, episode = 0, 0
-    done = np.ones(len(envs), bool)
-    length = np.zeros(len(envs), np.int32)
-    obs = [None] * len(envs)
-    agent_state = None
-  else:
-    step, episode, done, length, obs, agent_state = state
+    state = (0, 0, np.ones(len(envs), bool), np.zeros(len(envs), np.int32),
+             [None] * len(envs), None)
+  step, episode, done, length, obs, agent_state = state
   while (steps and step < steps) or (episodes and episode < episodes):
-    if done.any():
-      indices = [index for index, d in enumerate(done) if d]
-      promises = [envs[i].reset(blocking=False) for i in indices]
-      for index, promise in zip(indices, promises):
-        obs[index] = promise()
-    stacked = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
-    action, agent_state = agent(stacked, done, agent_state)
+    # Reset what finished, all envs at once.
+    resets = {i: envs[i].reset(blocking=False) for i in np.flatnonzero(done)}
+    for i, promise in resets.items():
+      obs[i] = promise()
+    batch = {key: np.stack([o[key] for o in obs]) for key in obs[0]}
+    action, agent_state = agent(batch, done, agent_state)
     action = np.asarray(action)
     assert len(action) == len(envs)
-    promises = [e.step(a, blocking=False) for e, a in zip(envs, action)]
-    obs, _, done = zip(*[p()[:3] for p in promises])
-    obs = list(obs)
-    done = np.stack(done)
-    episode += int(done.sum())
+    promises = [env.step(act, blocking=False) for env, act in zip(envs, action)]
+    results = [promise() for promise in promises]
+    obs = [result[0] for result in results]
+    done = np.array([result[2] for result in results], bool)
     length += 1
-    step += int((done * length).sum())
-    length *= (1 - done)
+    episode += int(done.sum())
+    step += int(length[done].sum())
+    length[done] = 0
   return (step - steps, episode - episodes, done, length, obs, agent_state)
 
 
 class Every:
+  """True at the first call, then once each time `every` more steps passed."""
 
   def __init__(self, every):
     self._every = every
-    self._last = None
+    self._next = None
 
   def __call__(self, step):
-    if self._last is None:
-      self._last = step
+    if self._next is None:
+      self._next = step + self._every
       return True
-    if step >= self._last + self._every:
-      self._last += self._every
-      return True
-    return False
+    if step < self._next:
+      return False
+    self._next += self._every
+    return True
 
 
 class Once:
+  """True at the first call only."""
 
   def __init__(self):
-    self._once = True
+    self._done = False
 
   def __call__(self):
-    if self._once:
-      self._once = False
-      return True
-    return False
+    first, self._done = not self._done, True
+    return first
 
 
 def format_duration(seconds):
@@ -405,111 +416,93 @@ def video_summary(name, video, step, logdir=None, fps=20):
 
 
 def encode_gif(frames, fps):
-  h, w, c = frames[0].shape
-  pxfmt = {1: 'gray', 3: 'rgb24'}[c]
-  cmd = [
-      'ffmpeg', '-y', '-f', 'rawvideo', '-vcodec', 'rawvideo',
-      '-r', f'{fps:.02f}', '-s', f'{w}x{h}', '-pix_fmt', pxfmt, '-i', '-',
-      '-filter_complex',
-      '[0:v]split[x][z];[z]palettegen[y];[x]fifo[x];[x][y]paletteuse',
-      '-r', f'{fps:.02f}', '-f', 'gif', '-']
-  proc = subprocess.run(
+  """Encodes (T, H, W, C) uint8 frames as an animated GIF through ffmpeg,
+  with a palette computed from the frames themselves."""
+  _, height, width, channels = frames.shape
+  rate = f'{fps:.02f}'
+  palette = '[0:v]split[a][b];[b]palettegen[p];[a]fifo[a];[a][p]paletteuse'
+  cmd = ['ffmpeg', '-y', '-f', 'rawvideo', '-vcodec', 'rawvideo', '-r', rate,
+         '-s', f'{width}x{height}',
+         '-pix_fmt', 'gray' if channels == 1 else 'rgb24', '-i', '-',
+         '-filter_complex', palette, '-r', rate, '-f', 'gif', '-']
+  result = subprocess.run(
       cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
-  if proc.returncode:
-    raise OSError(' '.join(cmd) + '\n' + proc.stderr.decode('utf-8'))
-  return proc.stdout
+  if result.returncode:
+    raise OSError(f'{" ".join(cmd)} failed:\n{result.stderr.decode()}')
+  return result.stdout
 
 
 # Distributions.
 
 class SampleDist:
-  """Estimates mean, mode and entropy of a distribution from samples."""
+  """Mean, mode and entropy from `samples` samples, for distributions without
+  closed forms (the tanh-Normal actor); the rest is the wrapped one's."""
+
+  name = 'SampleDist'
 
   def __init__(self, dist, samples=100):
-    self._dist = dist
-    self._samples = samples
+    self._dist, self._samples = dist, samples
 
-  @property
-  def name(self):
-    return 'SampleDist'
-
-  def __getattr__(self, name):
-    return getattr(self._dist, name)
+  def __getattr__(self, attr):
+    return getattr(self._dist, attr)
 
   def mean(self):
     return tf.reduce_mean(self._dist.sample(self._samples), 0)
 
   def mode(self):
-    # Best of the samples for each row of the batch; upstream took row 0's.
-    sample = self._dist.sample(self._samples)
-    logprob = self._dist.log_prob(sample)
-    index = tf.argmax(logprob, 0)
-    sample = tf.transpose(sample, [1, 0, 2])
-    return tf.gather(sample, index, batch_dims=1)
+    # The most likely of the samples, chosen for each row of the batch
+    # (upstream chose row 0's best sample for every row).
+    draws = self._dist.sample(self._samples)  # samples x batch x actions
+    best = tf.argmax(self._dist.log_prob(draws), 0)
+    return tf.gather(tf.transpose(draws, [1, 0, 2]), best, batch_dims=1)
 
   def entropy(self):
-    sample = self._dist.sample(self._samples)
-    return -tf.reduce_mean(self._dist.log_prob(sample), 0)
+    draws = self._dist.sample(self._samples)
+    return -tf.reduce_mean(self._dist.log_prob(draws), 0)
 
 
-class TanhBijector(tfp.bijectors.Bijector):
-
-  def __init__(self, validate_args=False, name='tanh'):
-    super().__init__(
-        forward_min_event_ndims=0, validate_args=validate_args, name=name)
-
-  def _forward(self, x):
-    return tf.nn.tanh(x)
+class TanhBijector(tfp.bijectors.Tanh):
+  """TFP's tanh with an inverse that stays finite at +-1, where float32
+  samples of a saturated tanh land."""
 
   def _inverse(self, y):
-    # Clip inside (-1, 1) so that atanh of a boundary sample stays finite.
-    dtype = y.dtype
-    y = tf.clip_by_value(tf.cast(y, tf.float32), -0.99999997, 0.99999997)
-    return tf.cast(tf.atanh(y), dtype)
-
-  def _forward_log_det_jacobian(self, x):
-    log2 = tf.math.log(tf.constant(2.0, dtype=x.dtype))
-    return 2.0 * (log2 - x - tf.nn.softplus(-2.0 * x))
+    limit = 0.99999997  # The largest float32 below 1.
+    inside = tf.clip_by_value(tf.cast(y, tf.float32), -limit, limit)
+    return tf.cast(tf.atanh(inside), y.dtype)
 
 
 def lambda_return(reward, value, pcont, bootstrap, lambda_, axis):
-  """TD(lambda) returns. lambda_=1 is Monte Carlo, lambda_=0 one-step TD."""
+  """TD(lambda) targets along `axis`, computed backwards:
+  R_t = r_t + pcont_t ((1 - lambda) v_{t+1} + lambda R_{t+1}), R_T = bootstrap.
+  lambda_=1 gives the discounted Monte Carlo return, 0 the one-step target."""
   assert reward.shape.ndims == value.shape.ndims, (reward.shape, value.shape)
   if isinstance(pcont, (int, float)):
     pcont = pcont * tf.ones_like(reward)
-  dims = list(range(reward.shape.ndims))
-  dims = [axis] + dims[1:axis] + [0] + dims[axis + 1:]
-  if axis != 0:
-    reward = tf.transpose(reward, dims)
-    value = tf.transpose(value, dims)
-    pcont = tf.transpose(pcont, dims)
+  perm = list(range(reward.shape.ndims))
+  perm[0], perm[axis] = axis, 0  # A swap: its own inverse.
+  time_major = lambda x: tf.transpose(x, perm) if axis else x
+  reward, value, pcont = time_major(reward), time_major(value), time_major(pcont)
   if bootstrap is None:
     bootstrap = tf.zeros_like(value[-1])
-  next_values = tf.concat([value[1:], bootstrap[None]], 0)
-  inputs = reward + pcont * next_values * (1 - lambda_)
+  next_value = tf.concat([value[1:], bootstrap[None]], 0)
+  partial = reward + pcont * next_value * (1 - lambda_)
   returns = static_scan(
-      lambda agg, cur: cur[0] + cur[1] * lambda_ * agg,
-      (inputs, pcont), bootstrap, reverse=True)
-  if axis != 0:
-    returns = tf.transpose(returns, dims)
-  return returns
+      lambda later, now: now[0] + now[1] * lambda_ * later,
+      (partial, pcont), bootstrap, reverse=True)
+  return time_major(returns)
 
 
 def static_scan(fn, inputs, start, reverse=False):
-  """A scan unrolled in Python, over the leading axis of the inputs."""
-  last = start
-  outputs = [[] for _ in tf.nest.flatten(start)]
-  indices = range(tf.nest.flatten(inputs)[0].shape[0])
-  if reverse:
-    indices = reversed(indices)
-  for index in indices:
-    inp = tf.nest.map_structure(lambda x: x[index], inputs)
-    last = fn(last, inp)
-    [o.append(x) for o, x in zip(outputs, tf.nest.flatten(last))]
-  if reverse:
-    outputs = [list(reversed(x)) for x in outputs]
-  outputs = [tf.stack(x, 0) for x in outputs]
-  return tf.nest.pack_sequence_as(start, outputs)
+  """carry = fn(carry, inputs[t]) over the leading axis, unrolled in Python;
+  returns the carries stacked in input order (also when reverse)."""
+  length = tf.nest.flatten(inputs)[0].shape[0]
+  order = range(length - 1, -1, -1) if reverse else range(length)
+  carry, carries = start, [None] * length
+  for index in order:
+    carry = fn(carry, tf.nest.map_structure(lambda x: x[index], inputs))
+    carries[index] = tf.nest.flatten(carry)
+  stacked = [tf.stack(parts, 0) for parts in zip(*carries)]
+  return tf.nest.pack_sequence_as(start, stacked)
 
 
 class Adam(tf.Module):

@@ -61,57 +61,59 @@ class DeepMindControl:
     return self._env.action_spec()
 
   def step(self, action):
-    time_step = self._env.step(action)
-    obs = dict(time_step.observation)
-    obs['image'] = self.render()
-    reward = time_step.reward or 0
-    done = time_step.last()
-    info = {'discount': np.array(time_step.discount, np.float32)}
-    return obs, reward, done, info
+    ts = self._env.step(action)
+    info = dict(discount=np.float32(ts.discount))
+    return self._observe(ts), ts.reward or 0.0, ts.last(), info
 
   def reset(self):
-    time_step = self._env.reset()
-    obs = dict(time_step.observation)
-    obs['image'] = self.render()
-    return obs
+    return self._observe(self._env.reset())
+
+  def _observe(self, ts):
+    return {**ts.observation, 'image': self.render()}
 
   def render(self):
     return self._env.physics.render(*self._size, camera_id=self._camera)
 
 
-class ActionRepeat:
+class Wrapper:
+  """Forwards everything it does not define to the wrapped environment."""
 
-  def __init__(self, env, amount):
+  def __init__(self, env):
     self._env = env
-    self._amount = amount
 
   def __getattr__(self, name):
     return getattr(self._env, name)
 
+
+class ActionRepeat(Wrapper):
+  """Repeats each action `amount` times (fewer at the end of an episode) and
+  sums the rewards."""
+
+  def __init__(self, env, amount):
+    super().__init__(env)
+    self._amount = amount
+
   def step(self, action):
-    done = False
-    total_reward = 0
-    current_step = 0
-    while current_step < self._amount and not done:
+    total = 0.0
+    for _ in range(self._amount):
       obs, reward, done, info = self._env.step(action)
-      total_reward += reward
-      current_step += 1
-    return obs, total_reward, done, info
+      total += reward
+      if done:
+        break
+    return obs, total, done, info
 
 
-class NormalizeActions:
+class NormalizeActions(Wrapper):
+  """Exposes every bounded action dimension as [-1, 1]."""
 
   def __init__(self, env):
-    self._env = env
+    super().__init__(env)
     space = env.action_space
     low, high = np.broadcast_to(space.minimum, space.shape), np.broadcast_to(
         space.maximum, space.shape)
     self._mask = np.logical_and(np.isfinite(low), np.isfinite(high))
     self._low = np.where(self._mask, low, -1)
     self._high = np.where(self._mask, high, 1)
-
-  def __getattr__(self, name):
-    return getattr(self._env, name)
 
   @property
   def action_space(self):
@@ -126,33 +128,29 @@ class NormalizeActions:
     return self._env.step(original)
 
 
-class TimeLimit:
+class TimeLimit(Wrapper):
+  """Ends the episode after `duration` steps; a time-out keeps discount 1."""
 
   def __init__(self, env, duration):
-    self._env = env
+    super().__init__(env)
     self._duration = duration
-    self._step = None
-
-  def __getattr__(self, name):
-    return getattr(self._env, name)
+    self._remaining = None
 
   def step(self, action):
-    assert self._step is not None, 'Must reset environment.'
+    assert self._remaining is not None, 'Reset the environment first.'
     obs, reward, done, info = self._env.step(action)
-    self._step += 1
-    if self._step >= self._duration:
-      done = True
-      if 'discount' not in info:
-        info['discount'] = np.array(1.0).astype(np.float32)
-      self._step = None
+    self._remaining -= 1
+    if self._remaining <= 0:
+      info.setdefault('discount', np.float32(1.0))
+      done, self._remaining = True, None
     return obs, reward, done, info
 
   def reset(self):
-    self._step = 0
+    self._remaining = self._duration
     return self._env.reset()
 
 
-class Collect:
+class Collect(Wrapper):
   """Records transitions and hands each finished episode to the callbacks.
 
   Row t holds o_t, the action that led to it (zeros at reset) and its reward.
@@ -160,27 +158,21 @@ class Collect:
   """
 
   def __init__(self, env, callbacks=None):
-    self._env = env
-    self._callbacks = callbacks or ()
-    self._episode = None
-
-  def __getattr__(self, name):
-    return getattr(self._env, name)
+    super().__init__(env)
+    self._callbacks = list(callbacks or ())
+    self._rows = None
 
   def step(self, action, blocking=True):
     promise = self._env.step(action, blocking=False)
     def receive():
       obs, reward, done, info = promise()
-      obs = {k: self._convert(v) for k, v in obs.items()}
-      transition = obs.copy()
-      transition['action'] = action
-      transition['reward'] = reward
-      transition['discount'] = info.get(
-          'discount', np.array(1 - float(done)))
-      self._episode.append(transition)
+      obs = _to_storage(obs)
+      discount = info.get('discount', 1.0 - float(done))
+      self._rows.append(dict(
+          obs, action=action, reward=reward, discount=discount))
       if done:
-        episode = {k: [t[k] for t in self._episode] for k in self._episode[0]}
-        episode = {k: self._convert(v) for k, v in episode.items()}
+        episode = {key: _to_storage([row[key] for row in self._rows])
+                   for key in self._rows[0]}
         info['episode'] = episode
         for callback in self._callbacks:
           callback(episode)
@@ -190,34 +182,29 @@ class Collect:
   def reset(self, blocking=True):
     promise = self._env.reset(blocking=False)
     def receive():
-      obs = promise()
-      obs = {k: self._convert(v) for k, v in obs.items()}
-      transition = obs.copy()
-      transition['action'] = np.zeros(self._env.action_space.shape, np.float32)
-      transition['reward'] = 0.0
-      transition['discount'] = 1.0
-      self._episode = [transition]
+      obs = _to_storage(promise())
+      noop = np.zeros(self._env.action_space.shape, np.float32)
+      self._rows = [dict(obs, action=noop, reward=0.0, discount=1.0)]
       return obs
     return receive() if blocking else receive
 
-  def _convert(self, value):
-    value = np.array(value)
-    if np.issubdtype(value.dtype, np.floating):
-      return value.astype(np.float32)
-    if np.issubdtype(value.dtype, np.signedinteger):
-      return value.astype(np.int32)
-    if value.dtype in (np.uint8, bool):
-      return value
-    raise NotImplementedError(value.dtype)
+
+def _to_storage(value):
+  """float32 for floats, int32 for signed integers, uint8 and bool kept."""
+  if isinstance(value, dict):
+    return {key: _to_storage(item) for key, item in value.items()}
+  value = np.asarray(value)
+  if value.dtype.kind == 'f':
+    return value.astype(np.float32)
+  if value.dtype.kind == 'i':
+    return value.astype(np.int32)
+  if value.dtype in (np.uint8, np.bool_):
+    return value
+  raise NotImplementedError(f'Cannot store values of type {value.dtype}.')
 
 
-class RewardObs:
-
-  def __init__(self, env):
-    self._env = env
-
-  def __getattr__(self, name):
-    return getattr(self._env, name)
+class RewardObs(Wrapper):
+  """Adds the last reward to the observation, as float32."""
 
   def step(self, action, blocking=True):
     promise = self._env.step(action, blocking=False)
@@ -236,7 +223,7 @@ class RewardObs:
     return receive() if blocking else receive
 
 
-class PerturbImage:
+class PerturbImage(Wrapper):
   """Test-time image uncertainty: rotation by an angle drawn uniformly from
   [-rotation, +rotation] degrees (the paper's Table 1 uses 5), Gaussian pixel
   noise with std `noise_std` (0-255 units) and a random translation of up to
@@ -244,14 +231,11 @@ class PerturbImage:
   is filled with black. Zero switches a perturbation off."""
 
   def __init__(self, env, rotation=0.0, noise_std=0.0, shift=0, seed=None):
-    self._env = env
+    super().__init__(env)
     self._rotation = rotation
     self._noise_std = noise_std
     self._shift = shift
     self._random = np.random.RandomState(seed)
-
-  def __getattr__(self, name):
-    return getattr(self._env, name)
 
   def step(self, action):
     obs, reward, done, info = self._env.step(action)
