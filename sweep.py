@@ -30,15 +30,14 @@ DEFAULT_PRESETS = tables.PRESETS
 
 def finished(logdir, steps):
   """A run is finished when its checkpoint is at its target step."""
+  import tools
   checkpoint = pathlib.Path(logdir) / 'variables.pkl'
   if not checkpoint.exists():
     return False
-  import pickle
   try:
-    with checkpoint.open('rb') as f:
-      return pickle.load(f)['step'] >= steps
-  except Exception:
-    return False  # Unreadable: dreamer_idm.py will say why.
+    return tools.read_checkpoint(checkpoint)['step'] >= steps
+  except tools.ConfigError:
+    return False  # Unreadable: the run itself will say why.
 
 
 def target_steps(configs, extra):

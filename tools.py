@@ -84,9 +84,7 @@ def parse_value(key, text, default):
       return float(text)
     except ValueError:
       raise ConfigError(f'--{key} expects a number, got {text!r}.') from None
-  if default is None:
-    return text
-  return text
+  return text  # Strings, and keys whose default is None.
 
 
 def check_value(key, value, default, origin):

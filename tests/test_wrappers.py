@@ -46,16 +46,13 @@ def test_worker_renders_real_task_with_normalized_actions():
     env.close()
 
 
-def test_unknown_task_is_a_clear_error():
-  env = wrappers.make_async_env(_config(task='dmc_walker_fly'), 'check env')
+@pytest.mark.parametrize('task, message', [
+    ('dmc_walker_fly', 'Unknown task dmc_walker_fly'),
+    ('atari_pong', 'only DeepMind Control')])
+def test_unknown_task_is_a_clear_error(task, message):
+  env = wrappers.make_async_env(_config(task=task), 'check env')
   try:
-    with pytest.raises(wrappers.EnvError, match='Unknown task dmc_walker_fly'):
-      _ = env.action_space
-  finally:
-    env.close()
-  env = wrappers.make_async_env(_config(task='atari_pong'), 'check env')
-  try:
-    with pytest.raises(wrappers.EnvError, match='only DeepMind Control'):
+    with pytest.raises(wrappers.EnvError, match=message):
       _ = env.action_space
   finally:
     env.close()
