@@ -66,7 +66,7 @@ class Dreamer(tools.Module):
       self._step += len(reset) * self._c.action_repeat
     return action, state
 
-  @tf.function
+  @tf.function(autograph=False)
   def policy(self, obs, state, training, amount):
     # The state carries the latent and the last action between env steps.
     batch = tf.shape(obs['image'])[0]
@@ -86,9 +86,11 @@ class Dreamer(tools.Module):
       self._metrics[key].append(float(value))
     self._updates += 1
 
-  @tf.function
+  @tf.function(autograph=False)
   def train(self, data):
-    return self._train(data)
+    # Batches arrive as stored (uint8 images): a quarter of the memory of
+    # float32 while they wait in the prefetch buffer.
+    return self._train(preprocess(data, self._c))
 
   def _train(self, data):
     with tf.GradientTape() as model_tape:
@@ -249,8 +251,25 @@ class Dreamer(tools.Module):
           'evaluator', [self._evaluator], self._c.evaluator_lr)
       self._modules_to_save.append(self._evaluator)
       self._optimizers.append(self._evaluator_opt)
-    # A train step creates all variables, optimizer statistics included.
-    self.train(next(self._dataset))
+    self._build_variables()
+    self.train(next(self._dataset))  # Traces the update once.
+
+  def _build_variables(self):
+    # Every variable is created eagerly on a one-step batch, so that
+    # tf.function traces the update once instead of twice.
+    image = tf.zeros([1, 1, 64, 64, 3], self._float)
+    action = tf.zeros([1, 1, self._actdim], self._float)
+    post, _ = self._dynamics.observe(self._encode({'image': image}), action)
+    feat = self._dynamics.get_feat(post)
+    heads = [self._decode, self._reward, self._value, self._actor]
+    heads += [self._pcont] if self._c.pcont else []
+    for head in heads:
+      head(feat)
+    if self._c.evaluator:
+      state = {k: v[:, 0] for k, v in post.items()}
+      self._evaluator(state, action[:, 0], state)
+    for optimizer in self._optimizers:
+      optimizer.build()
 
   def checkpoint_variables(self):
     variables = [v for m in self._modules_to_save for v in m.variables]
@@ -305,9 +324,10 @@ class Dreamer(tools.Module):
     imag_feat = self._dynamics.get_feat(states)
     return imag_feat, states, actions, start
 
-  @tf.function
+  @tf.function(autograph=False)
   def _openl_video(self, data):
     # Truth, model (5 observed frames, then open-loop prior) and error.
+    data = preprocess(data, self._c)
     embed = self._encode(data)
     truth = tf.cast(data['image'][:6], tf.float32) + 0.5
     post, _ = self._dynamics.observe(embed[:6, :5], data['action'][:6, :5])
@@ -319,10 +339,10 @@ class Dreamer(tools.Module):
     error = (model - truth + 1) / 2
     return tf.concat([truth, model, error], 2)
 
-  @tf.function
+  @tf.function(autograph=False)
   def _perturbation_image(self, data, noise_h=None, noise_s=None):
     # Like the paper's Figure 1: truth, decoded z, decoded perturbed z'.
-    data = {k: v[:1, :8] for k, v in data.items()}
+    data = preprocess({k: v[:1, :8] for k, v in data.items()}, self._c)
     post, _ = self._dynamics.observe(self._encode(data), data['action'])
     noisy = models.perturb_state(
         post, self._c.derived_noise_h if noise_h is None else noise_h,
@@ -416,7 +436,8 @@ def count_steps(datadir, config):
 
 def load_dataset(directory, config):
   """Batches of batch_size random chunks of batch_length steps, rescanning
-  the directory for new episodes every train_steps chunks."""
+  the directory for new episodes every train_steps chunks. Sampling runs in
+  the background while the agent trains; `Dreamer.train` preprocesses."""
   length = config.batch_length
   example = next(tools.load_episodes(directory, 1, length))
   signature = {key: tf.TensorSpec((length, *value.shape[1:]), value.dtype)
@@ -426,8 +447,7 @@ def load_dataset(directory, config):
           directory, config.train_steps, length, config.dataset_balance,
           config.seed),
       output_signature=signature)
-  batches = chunks.batch(config.batch_size, drop_remainder=True)
-  return batches.map(functools.partial(preprocess, config=config)).prefetch(10)
+  return chunks.batch(config.batch_size, drop_remainder=True).prefetch(2)
 
 
 def summarize_episode(episode, config, datadir, writer, logger, prefix):

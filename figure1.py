@@ -25,7 +25,6 @@ def main(argv):
   parser.add_argument('--out', default='figure1.png')
   args = parser.parse_args(argv)
   import tensorflow as tf
-  import dreamer_idm
   episode = next(tools.load_episodes(
       pathlib.Path(args.idm) / 'episodes', 1, length=8, seed=0))
   grids, tasks = [], []
@@ -33,10 +32,8 @@ def main(argv):
     agent, config, _ = evaluate.load_agent(logdir)
     tasks.append(config.task)
     data = {k: tf.constant(v[None]) for k, v in episode.items()}
-    data = dreamer_idm.preprocess(data, config)
-    grids.append(agent._perturbation_image(
-        data, tf.constant(args.sigma, data['image'].dtype),
-        tf.constant(args.sigma, data['image'].dtype)).numpy())
+    sigma = tf.constant(args.sigma, agent._float)
+    grids.append(agent._perturbation_image(data, sigma, sigma).numpy())
   if tasks[0] != tasks[1]:
     raise tools.ConfigError(
         f'The runs are of different tasks ({tasks[0]}, {tasks[1]}); pass a '

@@ -60,16 +60,21 @@ class DeepMindControl:
   def action_space(self):
     return self._env.action_spec()
 
-  def step(self, action):
+  def step(self, action, render=True):
+    # render=False skips the image of a step whose observation is dropped
+    # (ActionRepeat): a 64x64 frame costs ~100x the physics step here.
     ts = self._env.step(action)
     info = dict(discount=np.float32(ts.discount))
-    return self._observe(ts), ts.reward or 0.0, ts.last(), info
+    return self._observe(ts, render), ts.reward or 0.0, ts.last(), info
 
   def reset(self):
     return self._observe(self._env.reset())
 
-  def _observe(self, ts):
-    return {**ts.observation, 'image': self.render()}
+  def _observe(self, ts, render=True):
+    obs = dict(ts.observation)
+    if render:
+      obs['image'] = self.render()
+    return obs
 
   def render(self):
     return self._env.physics.render(*self._size, camera_id=self._camera)
@@ -94,12 +99,16 @@ class ActionRepeat(Wrapper):
     self._amount = amount
 
   def step(self, action):
+    # Only the observation after the last repeat is seen, so only it renders.
     total = 0.0
-    for _ in range(self._amount):
-      obs, reward, done, info = self._env.step(action)
+    for index in range(self._amount):
+      last = index == self._amount - 1
+      obs, reward, done, info = self._env.step(action, render=last)
       total += reward
       if done:
         break
+    if 'image' not in obs:
+      obs['image'] = self._env.render()
     return obs, total, done, info
 
 

@@ -88,3 +88,19 @@ def test_decoder_outputs_image_distribution_in_float32():
           2 * np.pi)
   np.testing.assert_allclose(
       dist.log_prob(image).numpy(), expected.numpy(), rtol=1e-5)
+
+
+def test_decoder_first_layer_as_matmul_equals_the_transposed_conv():
+  tf.random.set_seed(1)
+  decoder = models.ConvDecoder(depth=4, act=tf.nn.relu)
+  features = tf.random.normal((2, 3, 10))
+  mean = decoder(features).mean()
+  assert mean.shape == (2, 3, 64, 64, 3)
+  # The same layers, the first called as Keras computes it.
+  x = decoder.get('h1', None)(tf.reshape(features, [6, 10]))
+  x = tf.reshape(x, [6, 1, 1, 128])
+  for index in range(2, 6):
+    x = decoder.get(f'h{index}', None)(x)
+  np.testing.assert_allclose(
+      mean.numpy().reshape(6, 64, 64, 3), x.numpy(), rtol=1e-4, atol=1e-5)
+  assert np.abs(x.numpy()).max() > 1e-3  # Not trivially zero.

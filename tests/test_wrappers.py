@@ -133,3 +133,34 @@ def test_only_test_environments_are_perturbed():
                      for f in frames]
   assert sum(corners[False]) == 0  # Training frames: never rotated.
   assert sum(corners[True]) >= 7   # Test frames: black rotated-in corners.
+
+
+class _CountingEnv:
+  """Steps a counter; the image shows the step it was rendered at."""
+
+  def __init__(self, done_at=None):
+    self.steps = self.renders = 0
+    self._done_at = done_at
+
+  def step(self, action, render=True):
+    self.steps += 1
+    obs = {'position': np.float32(self.steps)}
+    if render:
+      obs['image'] = self.render()
+    return obs, 1.0, self.steps == self._done_at, {}
+
+  def render(self):
+    self.renders += 1
+    return np.full((2, 2, 3), self.steps, np.uint8)
+
+
+def test_action_repeat_renders_only_the_observation_it_returns():
+  env = _CountingEnv()
+  obs, reward, done, _ = wrappers.ActionRepeat(env, 3).step(0)
+  assert (env.steps, env.renders, reward, done) == (3, 1, 3.0, False)
+  assert obs['image'][0, 0, 0] == 3 and obs['position'] == 3
+  # An episode that ends early still returns the image of its last state.
+  env = _CountingEnv(done_at=2)
+  obs, reward, done, _ = wrappers.ActionRepeat(env, 3).step(0)
+  assert (env.steps, env.renders, reward, done) == (2, 1, 2.0, True)
+  assert obs['image'][0, 0, 0] == 2
