@@ -1,13 +1,16 @@
 """Times the train update, the policy step and the environment at the sizes of
-the chosen presets (full default sizes unless told otherwise) and prints one
-JSON object.
+the chosen presets (full default sizes unless told otherwise), checks them
+against the speed targets and prints one JSON object.
 
-  python bench.py                          # defaults, i.e. upstream's sizes
-  python bench.py --configs defaults dmc idm   # IDM beside Dreamer, and ratio
+  python bench.py                              # Dreamer at upstream's sizes
+  python bench.py --configs defaults dmc idm   # IDM beside Dreamer
   python bench.py --configs defaults debug --updates 5
+  python bench.py --precision bf16 --jit on    # any setting, as in training
 
 Each agent is measured in a fresh spawned process, so that its first update
-includes the whole build and trace and its peak memory is its own.
+includes the whole build and trace and its peak memory is its own. The
+targets (issue 5) are relative to upstream Dreamer measured on the 2-core
+reference machine in float32; they only mean something at default sizes.
 """
 
 import argparse
@@ -39,17 +42,23 @@ def fake_episodes(directory, config, actdim, count=4):
   tools.save_episodes(directory, episodes)
 
 
-def measure_env(config, steps):
+def measure_env(config, steps, policy=None):
+  """Env steps per second with random actions, or with `policy(obs, state)`
+  choosing them (collection as in training, without the updates)."""
   env = wrappers.make_async_env(config, 'bench env')
   try:
     space = env.action_space
     random = np.random.RandomState(0)
-    env.reset()
+    obs, state = env.reset(), None
     start = time.perf_counter()
     for _ in range(steps):
-      action = random.uniform(space.minimum, space.maximum).astype(np.float32)
-      if env.step(action)[2]:
-        env.reset()
+      if policy is None:
+        action = random.uniform(space.minimum, space.maximum)
+      else:
+        action, state = policy(obs, state)
+      obs, _, done, _ = env.step(np.asarray(action, np.float32))
+      if done:
+        obs, state = env.reset(), None
     duration = time.perf_counter() - start
   finally:
     env.close()
@@ -59,7 +68,7 @@ def measure_env(config, steps):
 IDM_OFF = dict(constraint=False, derived_copies=0, evaluator=False)
 
 
-def measure_agent(config, updates, directory):
+def measure_agent(config, updates, directory, env_steps):
   import tensorflow as tf
   dreamer_idm.setup_precision(str(config.precision))
   actdim = 6  # Walker's action size.
@@ -86,44 +95,115 @@ def measure_agent(config, updates, directory):
     action, state = agent.policy(obs, state, True, amount)
     action.numpy()
     policy.append(time.perf_counter() - start)
-  return dict(
+  result = dict(
       update_seconds=statistics.median(durations),
       update_seconds_all=[round(x, 3) for x in durations],
       first_update_seconds=first,
+      trace_seconds=first - statistics.median(durations),
       policy_step_ms=1000 * statistics.median(policy[10:]),
       peak_memory_gb=resource.getrusage(
           resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2)
+  if env_steps:
+    def act(obs, state):
+      action, state = agent.policy(
+          {'image': obs['image'][None]}, state, True, amount)
+      return action[0].numpy(), state
+    result['env_steps_per_sec_agent'] = measure_env(config, env_steps, act)
+  return result
 
 
-def measure_in_process(config, updates, directory):
+def _child(conn, *args):
+  try:
+    conn.send(measure_agent(*args))
+  except Exception as e:
+    conn.send(RuntimeError(f'{type(e).__name__}: {e}'))
+  conn.close()
+
+
+def measure_in_process(config, updates, directory, env_steps=0):
+  # A plain process, not a pool's daemon: it starts the env worker itself.
   context = multiprocessing.get_context('spawn')
-  with context.Pool(1) as pool:
-    return pool.apply(measure_agent, (config, updates, directory))
+  parent, child = context.Pipe()
+  process = context.Process(
+      target=_child, args=(child, config, updates, directory, env_steps))
+  process.start()
+  child.close()
+  try:
+    result = parent.recv()
+  except EOFError:
+    process.join()
+    raise RuntimeError(
+        f'The measuring process died (exit code {process.exitcode}); out '
+        f'of memory?') from None
+  process.join()
+  if isinstance(result, Exception):
+    raise result
+  return result
+
+
+# Upstream Dreamer, float32, default sizes, the 2-core reference machine.
+UPSTREAM = dict(update_seconds=6.6, first_update_seconds=38.0,
+                peak_memory_gb=6.6, policy_step_ms=2.0)
+
+
+def targets(result):
+  """(name, value, bound, passed) for every speed target of issue 5."""
+  dreamer = result.get('dreamer', result)
+  rows = [
+      ('Dreamer update (s) <= 0.6 x upstream', dreamer['update_seconds'],
+       0.6 * UPSTREAM['update_seconds']),
+      ('Dreamer first update (s) < 15', dreamer['first_update_seconds'], 15),
+      ('Dreamer peak memory (GB) < 4', dreamer['peak_memory_gb'], 4),
+      ('Policy step (ms) < 2', dreamer['policy_step_ms'], 2)]
+  if 'dreamer' in result:
+    rows += [
+        ('IDM update (s) <= upstream Dreamer', result['update_seconds'],
+         UPSTREAM['update_seconds']),
+        ('IDM first update (s) < 15', result['first_update_seconds'], 15),
+        ('IDM peak memory (GB) < 6', result['peak_memory_gb'], 6)]
+  if 'env_steps_per_sec_agent' in dreamer:
+    rows.append((
+        'Env steps/s with the agent >= 0.8 x random',
+        dreamer['env_steps_per_sec_agent'],
+        0.8 * result['env_steps_per_sec']))
+  # Every bound is an upper one except the collection speed.
+  return [dict(name=name, value=round(value, 3), bound=round(bound, 3),
+               passed=bool(value >= bound if 'Env' in name else value <= bound))
+          for name, value, bound in rows]
 
 
 def main(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--configs', nargs='+', default=['defaults'])
   parser.add_argument('--updates', type=int, default=10)
-  parser.add_argument('--env_steps', type=int, default=200)
+  parser.add_argument(
+      '--env_steps', type=int, default=200, help='0 skips the environment')
   args, rest = parser.parse_known_args(argv)
   config = dreamer_idm.parse_args(['--configs', *args.configs, *rest])
   dreamer_idm.check_config(config)
   policy = dreamer_idm.setup_precision(str(config.precision))
   config.logdir = pathlib.Path(tempfile.mkdtemp(prefix='bench-'))
   config.log_images = False
-  result = dict(configs=args.configs, precision=policy)
-  result['env_steps_per_sec'] = measure_env(config, args.env_steps)
+  result = dict(configs=args.configs, precision=policy,
+                jit=dreamer_idm.use_jit(config.jit))
+  if args.env_steps:
+    result['env_steps_per_sec'] = measure_env(config, args.env_steps)
+  idm = any(config[k] != v for k, v in IDM_OFF.items())
   result.update(measure_in_process(
-      config, args.updates, config.logdir / 'episodes'))
-  if any(config[k] != v for k, v in IDM_OFF.items()):
+      config, args.updates, config.logdir / 'episodes',
+      0 if idm else args.env_steps))
+  if idm:
     # The same sizes with every IDM part off: plain Dreamer, for the ratio.
     dreamer = tools.AttrDict(config, **IDM_OFF)
     dreamer.logdir = pathlib.Path(tempfile.mkdtemp(prefix='bench-'))
     result['dreamer'] = measure_in_process(
-        dreamer, args.updates, dreamer.logdir / 'episodes')
+        dreamer, args.updates, dreamer.logdir / 'episodes', args.env_steps)
     result['update_ratio_to_dreamer'] = (
         result['update_seconds'] / result['dreamer']['update_seconds'])
+  result['targets'] = targets(result)
+  for row in result['targets']:
+    print(f'{"PASS" if row["passed"] else "FAIL"}  {row["name"]}: '
+          f'{row["value"]:g} (bound {row["bound"]:g})', file=sys.stderr)
   print(json.dumps(result), flush=True)
 
 
