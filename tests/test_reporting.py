@@ -99,3 +99,26 @@ def test_band_averages_over_the_seeds_at_each_step():
   np.testing.assert_array_equal(steps, [0, 10, 20])
   np.testing.assert_allclose(mean, [2.0, 4.0, 7.0])
   np.testing.assert_allclose(std, [1.0, 1.0, 0.0])
+
+
+def test_bench_targets_compare_each_value_with_its_bound():
+  import bench
+  dreamer = dict(update_seconds=3.9, first_update_seconds=16.0,
+                 peak_memory_gb=3.5, policy_step_ms=1.5,
+                 env_steps_per_sec_agent=40.0)
+  result = dict(update_seconds=7.0, first_update_seconds=14.0,
+                peak_memory_gb=6.5, env_steps_per_sec=50.0, dreamer=dreamer)
+  rows = {row['name']: row for row in bench.targets(result)}
+  assert {name: row['passed'] for name, row in rows.items()} == {
+      'Dreamer update (s) <= 0.6 x upstream': True,  # 3.9 <= 3.96
+      'Dreamer first update (s) < 15': False,
+      'Dreamer peak memory (GB) < 4': True,
+      'Policy step (ms) < 2': True,
+      'IDM update (s) <= upstream Dreamer': False,  # 7.0 > 6.6
+      'IDM first update (s) < 15': True,
+      'IDM peak memory (GB) < 6': False,
+      'Env steps/s with the agent >= 0.8 x random': True}  # 40 >= 40
+  assert rows['Dreamer update (s) <= 0.6 x upstream']['bound'] == 3.96
+  # Dreamer alone: only its own rows, read from the top level.
+  alone = bench.targets(dict(dreamer, env_steps_per_sec=60.0))
+  assert [row['passed'] for row in alone] == [True, False, True, True, False]
