@@ -99,7 +99,7 @@ def measure_agent(config, updates, directory, env_steps):
       update_seconds=statistics.median(durations),
       update_seconds_all=[round(x, 3) for x in durations],
       first_update_seconds=first,
-      trace_seconds=first - statistics.median(durations),
+      build_and_trace_seconds=first - statistics.median(durations),
       policy_step_ms=1000 * statistics.median(policy[10:]),
       peak_memory_gb=resource.getrusage(
           resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2)
