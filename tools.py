@@ -532,8 +532,8 @@ class Adam(tf.Module):
     self._opt._create_all_weights(self._variables)
 
   def __call__(self, tape, loss):
-    if self._variables is None:
-      self.build()
+    # Building here, inside tf.function, would make it trace twice.
+    assert self._variables is not None, 'Call build() before the first update.'
     assert len(loss.shape) == 0, loss.shape
     if self._scaling:
       with tape:
