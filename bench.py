@@ -113,6 +113,8 @@ def measure_agent(config, updates, directory, env_steps):
 
 
 def _child(conn, *args):
+  # stdout carries only the JSON result; the agent's messages go to stderr.
+  sys.stdout = sys.stderr
   try:
     conn.send(measure_agent(*args))
   except Exception as e:

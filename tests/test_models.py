@@ -104,3 +104,22 @@ def test_decoder_first_layer_as_matmul_equals_the_transposed_conv():
   np.testing.assert_allclose(
       mean.numpy().reshape(6, 64, 64, 3), x.numpy(), rtol=1e-4, atol=1e-5)
   assert np.abs(x.numpy()).max() > 1e-3  # Not trivially zero.
+
+
+def test_subpixel_output_layer_equals_the_transposed_conv_and_its_gradients():
+  tf.random.set_seed(2)
+  layer = models.tfkl.Conv2DTranspose(3, 6, strides=2)
+  x = tf.random.normal((2, 5, 5, 8))
+  layer(x)  # Builds the kernel and bias.
+  layer.bias.assign(tf.random.normal((3,)))
+  dy = tf.random.normal((2, 14, 14, 3))  # (5 - 1) * 2 + 6.
+  results = []
+  for call in (layer, lambda x: models._deconv_subpixel(layer, x)):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = call(x)
+      loss = tf.reduce_sum(y * dy)
+    results.append([y, *tape.gradient(loss, [x, layer.kernel, layer.bias])])
+  for keras, ours in zip(*results):
+    assert np.abs(keras.numpy()).max() > 1e-2  # Not trivially zero.
+    np.testing.assert_allclose(ours.numpy(), keras.numpy(), rtol=1e-4, atol=1e-4)
