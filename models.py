@@ -169,9 +169,8 @@ def _subpixel_transposed_conv(x, kernel, stride, taps):
     sub = tf.reverse(sub, [0, 2])
     sub = tf.transpose(sub, [0, 2, 5, 1, 3, 4])
     sub = tf.reshape(sub, [taps, taps, channels, stride ** 2 * filters])
-    pad = taps - 1
-    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    out = tf.nn.conv2d(padded, sub, 1, 'VALID')
+    pad = [taps - 1, taps - 1]
+    out = tf.nn.conv2d(x, sub, 1, [[0, 0], pad, pad, [0, 0]])
     out = tf.nn.depth_to_space(out, stride)
 
     def grad(dy):
