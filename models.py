@@ -118,9 +118,9 @@ class ConvDecoder(tools.Module):
     for index, (filters, kernel, act) in enumerate(layers):
       deconv = self.get(f'h{index + 2}', tfkl.Conv2DTranspose, filters, kernel,
                         strides=2, activation=act)
-      if index == 0:
+      if index == 0:  # A 1x1 input: one matrix product.
         x = _deconv_from_1x1(deconv, x)
-      elif index == 3:
+      elif index == len(layers) - 1:  # The image's few channels.
         x = _deconv_subpixel(deconv, x)
       else:
         x = deconv(x)
