@@ -53,20 +53,28 @@ class Dreamer(tools.Module):
     return self._step
 
   def __call__(self, obs, reset, state=None, training=True):
-    if state is not None and reset.any():
-      mask = tf.cast(1 - reset, self._float)[:, None]
-      state = tf.nest.map_structure(lambda x: x * mask, state)
-    if training and self._should_train(self._step):
+    # Like upstream, evaluation calls train too when an update is due: the
+    # first evaluation follows the pretraining updates.
+    if self._should_train(self._step):
       log = self._should_log(self._step)
       n = self._c.pretrain if self._should_pretrain() else self._c.train_steps
       for _ in range(n):
         self.train_step(next(self._dataset))
       if log:
         self._write_summaries()
+    return self.act(obs, reset, state, training)
+
+  def act(self, obs, reset, state=None, training=True):
+    """The policy alone, never training: for evaluating a checkpoint."""
+    if state is not None and reset.any():
+      mask = tf.cast(1 - reset, self._float)[:, None]
+      state = tf.nest.map_structure(lambda x: x * mask, state)
     obs = {'image': obs['image']}
-    amount = tf.constant(self._exploration_amount(training), tf.float32)
-    action, state = self.policy(obs, state, training, amount)
+    amount = self._exploration_amount(training)
+    action, state = self.policy(
+        obs, state, training, tf.constant(amount, tf.float32))
     if training:
+      self._metrics['expl_amount'].append(amount)
       self._step += len(reset) * self._c.action_repeat
     return action, state
 
@@ -81,7 +89,8 @@ class Dreamer(tools.Module):
     latent, _ = self._dynamics.obs_step(latent, action, embed)
     dist = self._actor(self._dynamics.get_feat(latent))
     action = dist.sample() if training else dist.mode()
-    action = tf.cast(self._exploration(action, amount), self._float)
+    action = tf.cast(
+        self._exploration(action, amount, training), self._float)
     return action, (latent, action)
 
   def train_step(self, data):
@@ -284,12 +293,19 @@ class Dreamer(tools.Module):
     variables += [v for opt in self._optimizers for v in opt.variables]
     return variables
 
+  def _loss_scale_state(self):
+    return {k: v for opt in self._optimizers
+            for k, v in opt.loss_scale_state.items()}
+
   def save(self, filename):
     tools.save_checkpoint(
-        filename, self.checkpoint_variables(), self._step, self._c)
+        filename, self.checkpoint_variables(), self._step, self._c,
+        self._loss_scale_state())
 
   def load(self, checkpoint, filename):
-    tools.load_variables(checkpoint, self.checkpoint_variables(), filename)
+    tools.load_variables(
+        checkpoint, self.checkpoint_variables(), filename,
+        self._loss_scale_state())
     self._should_pretrain()
 
   def _exploration_amount(self, training):
@@ -302,7 +318,9 @@ class Dreamer(tools.Module):
       amount = max(self._c.expl_min, amount)
     return amount
 
-  def _exploration(self, action, amount):
+  def _exploration(self, action, amount, training):
+    if not training and not self._c.eval_noise:
+      return action  # Upstream's evaluation without noise, for every expl.
     if self._c.expl == 'additive_gaussian':
       noisy = tfd.Normal(tf.cast(action, tf.float32), amount).sample()
       return tf.where(amount > 0, tf.clip_by_value(noisy, -1, 1), action)
@@ -526,9 +544,13 @@ def check_config(config):
   for key in ('eval_rotation', 'eval_noise_std', 'eval_shift'):
     if config[key] < 0:
       raise tools.ConfigError(f'--{key} must be 0 (off) or more, got {config[key]}.')
-  for key in ('envs', 'batch_size', 'batch_length', 'horizon'):
+  for key in ('envs', 'batch_size', 'batch_length', 'action_repeat'):
     if config[key] < 1:
       raise tools.ConfigError(f'--{key} must be at least 1, got {config[key]}.')
+  if config.horizon < 2:
+    raise tools.ConfigError(
+        f'--horizon must be at least 2 (the losses use the returns of all '
+        f'but the last imagined step), got {config.horizon}.')
   if config.derived_copies < 0:
     raise tools.ConfigError(
         f'--derived_copies must be 0 or more, got {config.derived_copies}.')
@@ -641,14 +663,17 @@ def run(config, datadir, writer, logger, train_envs, test_envs, actspace,
     if step >= config.steps:
       break
     print('Start collection.', flush=True)
-    steps = min(config.eval_every, config.steps - step) // config.action_repeat
+    # Rounded up: a remainder under one action repeat still collects a step.
+    steps = -(-min(config.eval_every, config.steps - step)
+              // config.action_repeat)
     state = tools.simulate(agent, train_envs, steps, state=state)
     step = count_steps(datadir, config)
   print(f'Finished training at step {step}.', flush=True)
 
 
 def parse_args(argv):
-  """--configs name... merges presets; then --key value pairs override."""
+  """--configs name... merges presets over `defaults`; then --key value
+  pairs override."""
   names, rest = ['defaults'], []
   index = 0
   while index < len(argv):
@@ -663,6 +688,12 @@ def parse_args(argv):
     else:
       rest.append(argv[index])
       index += 1
+  # Every preset is a change on top of the defaults, which define the keys.
+  if 'defaults' in names[1:]:
+    raise tools.ConfigError(
+        "--configs: 'defaults' must come first (it would undo the presets "
+        "before it), or leave it out.")
+  names = names if names[0] == 'defaults' else ['defaults', *names]
   presets = tools.load_presets(CONFIGS)
   return tools.make_config(presets, names, rest)
 

@@ -53,7 +53,7 @@ def evaluate(logdir, episodes, perturbations):
         tools.AttrDict(settings), 'eval env', test=True, seed=config.seed),
         [lambda ep: returns.append(float(ep['reward'].sum()))])
     try:
-      tools.simulate(functools.partial(agent, training=False), [env],
+      tools.simulate(functools.partial(agent.act, training=False), [env],
                      episodes=episodes)
     finally:
       env.close()

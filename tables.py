@@ -1,7 +1,7 @@
 """Prints the paper's Table 1 (test images rotated) and Table 2 (plain) from a
 sweep root laid out as <root>/<task>/<preset>/<seed>/metrics.jsonl: mean ± std
-over seeds at the evaluation nearest to 100K and 500K env steps, beside the
-paper's numbers, as Markdown and CSV. Runs without an evaluation within
+over seeds at the evaluation nearest to 100K and 500K env steps (of two equally
+near, the earlier), beside the paper's numbers, as Markdown and CSV. Runs without an evaluation within
 --tolerance steps of a target are shown as missing, never guessed.
 
   python tables.py --root sweeps/paper --out sweeps/paper/tables
@@ -60,21 +60,26 @@ def load_runs(root, key):
 
 
 def value_at(curve, target, tolerance):
-  steps = np.array([s for s, _ in curve])
-  index = int(np.argmin(np.abs(steps - target)))
-  if abs(steps[index] - target) > tolerance:
+  """(step, value) of the evaluation nearest to the target step; of two
+  equally near, the earlier, which has not used more env steps than the
+  target (upstream evaluates at 5K + 10K k: the 100K score is the 95K one)."""
+  step, value = min(curve, key=lambda p: (abs(p[0] - target), p[0]))
+  if abs(step - target) > tolerance:
     return None
-  return curve[index][1]
+  return step, value
 
 
 def score(runs, task, preset, target, tolerance):
-  """Mean, std (over seeds, ddof 0) and seed count, or None if missing."""
-  values = [value_at(c, target, tolerance)
+  """Mean, std (over seeds, ddof 0), seed count and the evaluation steps
+  used, or None if missing."""
+  points = [value_at(c, target, tolerance)
             for c in runs.get((task, preset), {}).values()]
-  values = [v for v in values if v is not None]
-  if not values:
+  points = [p for p in points if p is not None]
+  if not points:
     return None
-  return float(np.mean(values)), float(np.std(values)), len(values)
+  values = [v for _, v in points]
+  steps = ' '.join(str(s) for s in sorted({s for s, _ in points}))
+  return float(np.mean(values)), float(np.std(values)), len(values), steps
 
 
 def build(root, tolerance, paper=None):
@@ -91,13 +96,14 @@ def build(root, tolerance, paper=None):
           rows.append(dict(
               table=table, step=label, source='ours', method=preset,
               task=task, mean=result and result[0], std=result and result[1],
-              seeds=result[2] if result else 0))
+              seeds=result[2] if result else 0,
+              eval_steps=result[3] if result else ''))
       for method in ('idm', 'dreamer', 'drq'):
         for task in TASKS:
           mean, std = paper[paper_key][task][method][label]
           rows.append(dict(
               table=table, step=label, source='paper', method=method,
-              task=task, mean=mean, std=std, seeds=5))
+              task=task, mean=mean, std=std, seeds=5, eval_steps=''))
   return rows
 
 
@@ -126,10 +132,14 @@ def markdown(rows):
             cells.append(f'{r["mean"]:.1f} ± {r["std"]:.1f}{seeds}')
         name = f'{method} (ours)' if source == 'ours' else f'{method} (paper)'
         lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+      used = sorted({s for r in selected for s in r['eval_steps'].split()},
+                    key=int)
+      if used:
+        lines.append(f'\nOurs evaluated at env steps {", ".join(used)}.')
       lines.append('')
   lines.append('Ours: mean ± std over seeds (seed count in parentheses) at the '
-               'evaluation nearest to the step; paper: its reported mean ± '
-               'spread over 5 seeds.')
+               'evaluation nearest to the step (of two equally near, the '
+               'earlier); paper: its reported mean ± spread over 5 seeds.')
   return '\n'.join(lines) + '\n'
 
 

@@ -176,13 +176,16 @@ def append_jsonl(filename, record):
     os.close(fd)
 
 
-def save_checkpoint(filename, variables, step, config):
+def save_checkpoint(filename, variables, step, config, optional=None):
+  """`optional` maps names to variables that a run may lack (the loss scale
+  of float16): `load_variables` restores those both sides have."""
   payload = dict(
       step=int(step),
       config={k: str(v) if isinstance(v, pathlib.Path) else v
               for k, v in config.items()},
       names=[v.name for v in variables],
-      values=[v.numpy() for v in variables])
+      values=[v.numpy() for v in variables],
+      optional={k: v.numpy() for k, v in (optional or {}).items()})
   atomic_write(filename, pickle.dumps(payload, protocol=4))
 
 
@@ -215,17 +218,26 @@ def check_checkpoint_config(checkpoint, config, filename):
         f'{pathlib.Path(filename).parent / "config.yaml"} or use a new --logdir.')
 
 
-def load_variables(checkpoint, variables, filename):
+def load_variables(checkpoint, variables, filename, optional=None):
   values = checkpoint['values']
   shapes = [tuple(v.shape) for v in variables]
   stored = [tuple(np.shape(v)) for v in values]
   if shapes != stored:
+    if len(shapes) != len(stored):
+      problem = f'holds {len(stored)} variables, this model {len(shapes)}'
+    else:
+      index = next(i for i, (a, b) in enumerate(zip(shapes, stored)) if a != b)
+      problem = (f'holds variable {index} with shape {stored[index]}, this '
+                 f'model {shapes[index]}')
     raise ConfigError(
-        f'Checkpoint {filename} holds {len(stored)} variables that do not '
-        f'match this model ({len(shapes)}); resume with the config it was '
-        f'written with or use a new --logdir.')
+        f'Checkpoint {filename} {problem}: it does not match this model; '
+        f'resume with the config it was written with or use a new --logdir.')
   for var, value in zip(variables, values):
     var.assign(value)
+  stored = checkpoint.get('optional', {})
+  for name, var in (optional or {}).items():
+    if name in stored:
+      var.assign(stored[name])
 
 
 # Episodes: compressed npz files named <time>-<id>-<length>.npz.
@@ -521,6 +533,16 @@ class Adam(tf.Module):
   @property
   def variables(self):
     return list(self._opt.weights)
+
+  @property
+  def loss_scale_state(self):
+    """float16's dynamic loss scale and its counter by name, else empty:
+    kept apart from `variables` so that checkpoints load across precisions."""
+    if not self._scaling:
+      return {}
+    state = self._opt._loss_scale  # tf_keras keeps them here, not in weights.
+    return {f'{self._name}/loss_scale': state.current_loss_scale,
+            f'{self._name}/loss_scale_steps': state.counter}
 
   def build(self):
     # Call once the modules have their variables; creates Adam's statistics.

@@ -53,6 +53,16 @@ def test_parse_args_presets_then_overrides():
     dreamer_idm.parse_args(['--horizon', 'long'])
 
 
+def test_presets_always_apply_over_the_defaults():
+  short = dreamer_idm.parse_args(['--configs', 'dmc', 'idm', '--steps', '7'])
+  full = dreamer_idm.parse_args(
+      ['--configs', 'defaults', 'dmc', 'idm', '--steps', '7'])
+  assert short == full and short.steps == 7 and short.constraint
+  assert short.batch_size == 50 and short.derived_copies == 1
+  with pytest.raises(tools.ConfigError, match="'defaults' must come first"):
+    dreamer_idm.parse_args(['--configs', 'idm', 'defaults'])
+
+
 def _main(tmp_path, *args):
   config = dreamer_idm.parse_args(
       ['--configs', 'defaults', 'dmc', 'debug', '--logdir', str(tmp_path),

@@ -338,3 +338,31 @@ def subprocess_error(logdir):
       timeout=300)
   assert result.returncode == 2
   return result.stderr
+
+
+def test_evaluation_trains_when_due_and_act_never_trains(tmp_path):
+  # Upstream's loop: the first evaluation after prefill follows pretraining.
+  agent, config = _agent(tmp_path, 'dreamer', '--expl', 'completely_random')
+  updates = []
+  agent.train_step = updates.append
+  agent._should_log = lambda step: False
+  obs = {'image': np.zeros((1, 64, 64, 3), np.uint8)}
+  reset = np.array([True])
+  step = agent.step  # The stored episodes' steps.
+  agent.act(obs, reset, None, training=False)
+  assert updates == []
+  agent(obs, reset, None, training=False)
+  assert len(updates) == config.pretrain and agent.step == step
+  agent(obs, reset, None, training=False)  # Same step: nothing due.
+  assert len(updates) == config.pretrain
+  # Evaluation keeps the policy's action, also with completely random
+  # exploration; training acts at random and logs the exploration amount.
+  action = tf.constant([[0.5, -0.2]])
+  amount = tf.constant(0.0)
+  np.testing.assert_array_equal(
+      agent._exploration(action, amount, training=False), action)
+  actions = [agent.act(obs, reset, None)[0].numpy() for _ in range(3)]
+  assert not np.allclose(actions[0], actions[1])
+  assert np.all(np.abs(actions) <= 1)
+  assert agent.step == step + 3 * config.action_repeat
+  assert agent._metrics['expl_amount'] == [config.expl_amount] * 3

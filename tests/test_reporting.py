@@ -66,8 +66,10 @@ def test_tables_take_the_nearest_evaluation_and_never_guess(root):
   assert (paper['mean'], paper['std']) == (527.1, 166)
   assert find(table='table2', step='100k', source='ours', method='idm',
               task='hopper_stand')[0]['mean'] is None
+  assert idm['eval_steps'] == '496000 502000'
   text = tables.markdown(rows)
   assert '| idm (ours) | 550.0 ± 50.0 (2) | missing |' in text
+  assert 'Ours evaluated at env steps 98000, 100000, 104000.' in text
   assert '| idm (paper) | 630.0 ± 113.0 |' in text
   parsed = list(csv.DictReader(io.StringIO(tables.to_csv(rows))))
   assert len(parsed) == len(rows)
@@ -91,6 +93,15 @@ def test_plotting_writes_valid_pngs(root, tmp_path):
     assert data[:8] == b'\x89PNG\r\n\x1a\n'
     image = matplotlib.image.imread(out / name)
     assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0
+
+
+def test_a_tie_goes_to_the_earlier_evaluation():
+  # Upstream's schedule evaluates at 95K and 105K, none at 100K.
+  curve = [(85_000, 1.0), (95_000, 2.0), (105_000, 3.0)]
+  assert tables.value_at(curve, 100_000, 10_000) == (95_000, 2.0)
+  assert tables.value_at(curve[::-1], 100_000, 10_000) == (95_000, 2.0)
+  assert tables.value_at([(105_000, 3.0)], 100_000, 5_000) == (105_000, 3.0)
+  assert tables.value_at([(111_000, 3.0)], 100_000, 10_000) is None
 
 
 def test_band_averages_over_the_seeds_at_each_step():

@@ -131,11 +131,55 @@ def test_checkpoint_roundtrip_and_incompatible_config(tmp_path):
   with pytest.raises(tools.ConfigError, match=r'deter_size: 200 -> 100'):
     tools.check_checkpoint_config(
         checkpoint, dict(config, deter_size=100), filename)
-  with pytest.raises(tools.ConfigError, match='do not match this model'):
+  with pytest.raises(tools.ConfigError, match='holds 2 variables, this model 1'):
     tools.load_variables(checkpoint, [tf.Variable(1.0)], filename)
+  with pytest.raises(tools.ConfigError, match=r'variable 0 with shape \(2, 3\)'):
+    tools.load_variables(
+        checkpoint, [tf.Variable(tf.zeros([3, 2])), tf.Variable(1.0)], filename)
   filename.write_bytes(pickle.dumps(checkpoint)[:50])
   with pytest.raises(tools.ConfigError, match='unreadable'):
     tools.read_checkpoint(filename)
+
+
+def test_float16_checkpoint_keeps_the_dynamic_loss_scale(tmp_path):
+  prec = tf.keras.mixed_precision
+  def make(policy):
+    prec.set_global_policy(policy)
+    module = tf.Module()
+    module.w = tf.Variable([1.0, 2.0])
+    opt = tools.Adam('test', [module], 1e-3)
+    opt.build()
+    return module, opt
+  try:
+    module, opt = make('mixed_float16')
+    for loss in (lambda w: w[0] * np.inf, lambda w: tf.reduce_sum(w ** 2)):
+      with tf.GradientTape() as tape:
+        value = loss(module.w)
+      opt(tape, value)
+    # An overflow halves the scale (2 ** 15 -> 2 ** 14), a good step counts.
+    state = opt.loss_scale_state
+    assert [float(v) for v in state.values()] == [2 ** 14, 1]
+    filename = tmp_path / 'variables.pkl'
+    config = dict(task='dmc_walker_walk')
+    tools.save_checkpoint(filename, opt.variables, 0, config, state)
+    checkpoint = tools.read_checkpoint(filename)
+    _, fresh = make('mixed_float16')
+    tools.load_variables(
+        checkpoint, fresh.variables, filename, fresh.loss_scale_state)
+    assert [float(v) for v in fresh.loss_scale_state.values()] == [2 ** 14, 1]
+    # Across precisions the same checkpoint loads; float32 has no scale.
+    _, single = make('float32')
+    assert single.loss_scale_state == {}
+    tools.load_variables(checkpoint, single.variables, filename)
+    np.testing.assert_array_equal(
+        single.variables[1].numpy(), opt.variables[1].numpy())
+    tools.save_checkpoint(filename, single.variables, 0, config)
+    _, half = make('mixed_float16')
+    tools.load_variables(tools.read_checkpoint(filename), half.variables,
+                         filename, half.loss_scale_state)
+    assert float(half.loss_scale_state['test/loss_scale']) == 2 ** 15
+  finally:
+    prec.set_global_policy('float32')
 
 
 def test_every_and_once():
