@@ -34,14 +34,16 @@ class Dreamer(tools.Module):
     self._actdim = actspace.shape[0]
     self._writer = writer
     self._logger = logger
-    self._step = count_steps(datadir, config)
+    # Without a datadir the agent only acts (evaluate.py, figure1.py): no
+    # dataset and no build-time update; its variables come from a checkpoint.
+    self._step = count_steps(datadir, config) if datadir else 0
     self._should_pretrain = tools.Once()
     self._should_train = tools.Every(config.train_every)
     self._should_log = tools.Every(config.log_every)
     self._metrics = collections.defaultdict(list)
     self._updates = 0
     self._float = prec.global_policy().compute_dtype
-    self._dataset = iter(load_dataset(datadir, self._c))
+    self._dataset = iter(load_dataset(datadir, config)) if datadir else None
     # XLA compiles the whole update once; variables stay variables.
     self._traces = 0
     self.train = tf.function(
@@ -269,7 +271,8 @@ class Dreamer(tools.Module):
       self._modules_to_save.append(self._evaluator)
       self._optimizers.append(self._evaluator_opt)
     self._build_variables()
-    self.train(next(self._dataset))  # Traces the update once.
+    if self._dataset is not None:
+      self.train(next(self._dataset))  # Traces the update once.
 
   def _build_variables(self):
     # Every variable is created eagerly on a one-step batch, so that
@@ -494,9 +497,10 @@ def summarize_episode(episode, config, datadir, writer, logger, prefix):
 
 def make_env(config, writer, logger, prefix, datadir, store, index=0):
   # Only the test_perturbed envs see eval_rotation, eval_noise_std, eval_shift.
+  # Both test envs share a seed: plain and perturbed episodes start alike.
   env = wrappers.make_async_env(
       config, f'{prefix} env', test=(prefix == 'test_perturbed'),
-      seed=config.seed * 1000 + index)
+      seed=config.seed * 1000 + index + (0 if prefix == 'train' else 500))
   callbacks = []
   if store:
     callbacks.append(lambda ep: tools.save_episodes(datadir, [ep]))

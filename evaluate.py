@@ -34,8 +34,7 @@ def load_agent(logdir):
   space = _action_space(config)
   import tensorflow as tf
   agent = dreamer_idm.Dreamer(
-      config, logdir / 'episodes', space, tf.summary.create_noop_writer(),
-      None)
+      config, None, space, tf.summary.create_noop_writer(), None)
   agent.load(checkpoint, checkpoint_path)
   return agent, config, checkpoint
 

@@ -15,6 +15,7 @@ import numpy as np
 
 import evaluate
 import tools
+import wrappers
 
 
 def main(argv):
@@ -25,8 +26,13 @@ def main(argv):
   parser.add_argument('--out', default='figure1.png')
   args = parser.parse_args(argv)
   import tensorflow as tf
-  episode = next(tools.load_episodes(
-      pathlib.Path(args.idm) / 'episodes', 1, length=8, seed=0))
+  episodes = pathlib.Path(args.idm) / 'episodes'
+  try:
+    episode = next(tools.load_episodes(episodes, 1, length=8, seed=0))
+  except RuntimeError:
+    raise tools.ConfigError(
+        f'No episode of 8 or more steps in {episodes}; --idm must be a run '
+        f'folder with its episodes (the frames come from them).') from None
   grids, tasks = [], []
   for logdir in (args.dreamer, args.idm):
     agent, config, _ = evaluate.load_agent(logdir)
@@ -48,6 +54,6 @@ def main(argv):
 if __name__ == '__main__':
   try:
     sys.exit(main(sys.argv[1:]))
-  except tools.ConfigError as e:
+  except (tools.ConfigError, wrappers.EnvError) as e:
     print(f'Error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -6,12 +6,12 @@ cd "$(dirname "$0")"
 if command -v apt-get >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   packages="libegl1 libegl-mesa0 libgl1 libosmesa6 ffmpeg"
-  if ! dpkg -s $packages >/dev/null 2>&1; then
+  missing=""
+  dpkg -s $packages >/dev/null 2>&1 || missing="$packages"
+  python3 -m pip --version >/dev/null 2>&1 || missing="$missing python3-pip"
+  if [ -n "$missing" ]; then
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends $packages >/dev/null
-  fi
-  if ! python3 -m pip --version >/dev/null 2>&1; then
-    apt-get install -y -qq python3-pip >/dev/null
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi
 fi
 # Debian's own Python marks itself externally managed; this is a root install.

@@ -8,6 +8,7 @@ layout of the paper's Figure 5, as PNG, with the paper's numbers at 100K and
 
 import argparse
 import collections
+import io
 import json
 import pathlib
 import sys
@@ -76,9 +77,11 @@ def plot(runs, presets, paper, filename, title):
   axes.flat[0].legend(fontsize=8)
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  filename.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(filename, dpi=100)
+  stream = io.BytesIO()
+  fig.savefig(stream, dpi=100, format='png')
   plt.close(fig)
+  import tools  # Here, not at the top: it loads TensorFlow.
+  tools.atomic_write(filename, stream.getvalue())
   return filename
 
 

@@ -15,8 +15,9 @@ setuptools.setup(
         'tf_keras',
         'tensorflow-probability>=0.24',
         'tensorboard',
-        'dm_control',
-        # dm_control 1.0.50 cannot load mujoco 4 (no MjModel.flex_vertedge).
+        # The pair tested together: dm_control 1.0.50 cannot load mujoco 4
+        # (no MjModel.flex_vertedge), so both are pinned.
+        'dm_control==1.0.50',
         'mujoco==3.17.0',
         'numpy>=2',
         'ruamel.yaml',

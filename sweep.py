@@ -47,20 +47,21 @@ def target_steps(configs, extra):
 
 def command(task, preset, seed, logdir, configs, extra):
   return [
-      sys.executable, 'dreamer_idm.py', '--configs', *configs,
-      preset, '--task', f'dmc_{task}', '--seed', str(seed),
-      '--logdir', str(logdir), *extra]
+      'dreamer_idm.py', '--configs', *configs, preset, '--task',
+      f'dmc_{task}', '--seed', str(seed), '--logdir', str(logdir), *extra]
 
 
-def run_one(cmd, logdir):
-  """Runs one training run to the end; returns its exit code. Runs from this
-  file's folder, which on a Ray node is the shipped copy of the code."""
+def run_one(cmd, logdir, cwd=None):
+  """Runs one training run to the end with this process's Python; returns
+  its exit code. cwd None: the current folder, which on a Ray node is the
+  shipped copy of the code (Ray pickles this function by value, so a path
+  taken from __file__ would be the driver's)."""
   logdir = pathlib.Path(logdir)
   logdir.mkdir(parents=True, exist_ok=True)
   with (logdir / 'train.log').open('ab') as log:
     return subprocess.run(
-        cmd, stdout=log, stderr=subprocess.STDOUT,
-        cwd=pathlib.Path(__file__).resolve().parent).returncode
+        [sys.executable, *cmd], stdout=log, stderr=subprocess.STDOUT,
+        cwd=cwd).returncode
 
 
 def plan(args, extra):
@@ -81,17 +82,21 @@ def plan(args, extra):
 
 def run_local(runs, parallel):
   with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-    futures = {pool.submit(run_one, cmd, logdir): logdir
+    futures = {pool.submit(run_one, cmd, logdir, str(ROOT)): logdir
                for cmd, logdir in runs}
     yield from ((futures[f], f.result())
                 for f in concurrent.futures.as_completed(futures))
 
 
-def run_ray(runs, address):
+def run_ray(runs, address, root):
   import ray
+  # Only the code is shipped: never runs, episodes or checkpoints.
+  excludes = ['/logdir', '/sweeps', '.git', '*.egg-info', '__pycache__']
+  root = pathlib.Path(root).resolve()
+  if root.is_relative_to(ROOT):
+    excludes.append(f'/{root.relative_to(ROOT)}')
   ray.init(address=None if address == 'local' else address,
-           runtime_env={'working_dir': str(ROOT),
-                        'excludes': ['logdir', '.git', '*.egg-info']},
+           runtime_env={'working_dir': str(ROOT), 'excludes': excludes},
            include_dashboard=False, log_to_driver=False)
   try:
     gpus = 1 if ray.cluster_resources().get('GPU', 0) else 0
@@ -100,7 +105,12 @@ def run_ray(runs, address):
     pending = list(refs)
     while pending:
       done, pending = ray.wait(pending, num_returns=1)
-      yield refs[done[0]], ray.get(done[0])
+      try:
+        code = ray.get(done[0])
+      except ray.exceptions.RayError as e:  # The task itself failed.
+        print(f'{refs[done[0]]}: {type(e).__name__}: {e}', file=sys.stderr)
+        code = -1
+      yield refs[done[0]], code
   finally:
     ray.shutdown()
 
@@ -115,7 +125,8 @@ def main(argv):
       description=__doc__.splitlines()[0],
       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
   parser.add_argument('--root', required=True)
-  parser.add_argument('--tasks', nargs='+', default=list(tables.TASKS))
+  parser.add_argument('--tasks', nargs='+', default=list(tables.TASKS),
+                      help='e.g. walker_walk (dmc_ is optional)')
   parser.add_argument('--presets', nargs='+', default=list(DEFAULT_PRESETS))
   parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2, 3, 4])
   parser.add_argument('--configs', nargs='+', default=['defaults', 'dmc'])
@@ -124,6 +135,7 @@ def main(argv):
   parser.add_argument('--ray', metavar='ADDRESS',
                       help="a Ray cluster address, or 'local' for a new one")
   args = parser.parse_args(argv)
+  args.tasks = [t[4:] if t.startswith('dmc_') else t for t in args.tasks]
   if not any(x.startswith('--eval_rotation') for x in extra):
     extra = ['--eval_rotation', '5', *extra]  # Table 1's test images.
   import tools
@@ -135,7 +147,7 @@ def main(argv):
   print(f'{len(runs)} runs to do, {len(skipped)} finished and skipped.',
         flush=True)
   start, failed = time.time(), []
-  results = run_ray(runs, args.ray) if args.ray else run_local(
+  results = run_ray(runs, args.ray, args.root) if args.ray else run_local(
       runs, args.parallel)
   for count, (logdir, code) in enumerate(results, 1):
     if code:

@@ -76,7 +76,7 @@ def parse_value(key, text, default):
       number = float(text)
     except ValueError:
       raise ConfigError(f'--{key} expects an integer, got {text!r}.') from None
-    if number != int(number):
+    if not np.isfinite(number) or number != int(number):
       raise ConfigError(f'--{key} expects an integer, got {text!r}.')
     return int(number)
   if isinstance(default, float):
@@ -199,9 +199,10 @@ def read_checkpoint(filename):
           f'away to restart training from the stored episodes.') from None
 
 
-# Keys that change the shape or meaning of the stored variables.
+# Keys that change the shape or meaning of the stored variables, and the
+# seed: resuming another seed's run under a new seed would mix two runs.
 ARCHITECTURE_KEYS = (
-    'task', 'deter_size', 'stoch_size', 'num_units', 'dense_act', 'cnn_act',
+    'task', 'seed', 'deter_size', 'stoch_size', 'num_units', 'dense_act', 'cnn_act',
     'cnn_depth', 'pcont', 'action_dist', 'evaluator', 'evaluator_layers',
     'evaluator_units')
 

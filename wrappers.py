@@ -6,6 +6,7 @@ import contextlib
 import functools
 import multiprocessing
 import os
+import signal
 import sys
 import traceback
 
@@ -19,10 +20,7 @@ GL_HINT = (
 
 class DeepMindControl:
 
-  def __init__(self, name, size=(64, 64), camera=None):
-    domain, task = name.split('_', 1) if '_' in name else (name, '')
-    if domain == 'cup':  # Only domain with multiple words.
-      domain = 'ball_in_cup'
+  def __init__(self, name, size=(64, 64), camera=None, seed=None):
     os.environ.setdefault('MUJOCO_GL', 'egl')
     try:
       from dm_control import suite
@@ -30,12 +28,16 @@ class DeepMindControl:
       raise RuntimeError(
           f'Loading dm_control with MUJOCO_GL={os.environ["MUJOCO_GL"]} '
           f'failed ({type(e).__name__}: {e}); {GL_HINT}.') from None
-    if (domain, task) not in suite.ALL_TASKS:
-      known = ', '.join(
-          'dmc_' + ('cup' if d == 'ball_in_cup' else d) + '_' + t
-          for d, t in suite.ALL_TASKS)
+    # Domains may contain underscores (point_mass, humanoid_CMU); upstream's
+    # short name cup stands for ball_in_cup.
+    tasks = {f'{"cup" if d == "ball_in_cup" else d}_{t}': (d, t)
+             for d, t in suite.ALL_TASKS}
+    if name not in tasks:
+      known = ', '.join('dmc_' + x for x in tasks)
       raise ValueError(f'Unknown task dmc_{name}; choose from: {known}.')
-    self._env = suite.load(domain, task)
+    domain, task = tasks[name]
+    # The seed fixes the sequence of initial states (upstream left it open).
+    self._env = suite.load(domain, task, task_kwargs=dict(random=seed))
     self._size = size
     if camera is None:
       camera = dict(quadruped=2).get(domain, 0)
@@ -285,7 +287,7 @@ def make_env(
     raise ValueError(
         f'Unknown task {task}: only DeepMind Control tasks dmc_<domain>_<task> '
         f'are supported (e.g. dmc_walker_walk).')
-  env = DeepMindControl(name, size)
+  env = DeepMindControl(name, size, seed=seed)
   env = ActionRepeat(env, action_repeat)
   env = NormalizeActions(env)
   env = TimeLimit(env, time_limit / action_repeat)
@@ -392,6 +394,12 @@ class Async:
     raise KeyError(f'Received message of unexpected type {message}')
 
   def _died(self):
+    # A worker that failed before our first message left its error behind.
+    with contextlib.suppress(EOFError, OSError):
+      if self._conn.poll():
+        message, payload = self._conn.recv()
+        if message == self._EXCEPTION:
+          raise EnvError(f'{self._name} worker failed: {payload}')
     self._process.join(1)
     code = self._process.exitcode
     raise EnvError(
@@ -401,12 +409,14 @@ class Async:
 
 
 def _worker(ctor, conn):
+  # Ctrl-C is the parent's to handle; it closes the workers.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   try:
     env = ctor()
     while True:
       try:
         message, payload = conn.recv()
-      except (EOFError, KeyboardInterrupt):
+      except EOFError:
         break
       if message == Async._ACCESS:
         conn.send((Async._RESULT, getattr(env, payload)))

@@ -186,7 +186,9 @@ def test_train_evaluate_checkpoint_and_resume(tmp_path):
   assert [r['step'] for r in records if 'test/return' in r] == [
       100, 300, 400, 500, 600]
 
-  # evaluate.py on the trained run: plain and rotated test episodes.
+  # evaluate.py on the trained run: plain and rotated test episodes. It needs
+  # only the checkpoint and config, not the episodes.
+  (logdir / 'episodes').rename(tmp_path / 'episodes')
   result = subprocess.run(
       [sys.executable, 'evaluate.py', '--logdir', str(logdir), '--episodes',
        '2', '--rotation', '5'],

@@ -66,6 +66,8 @@ def test_config_merges_left_to_right_then_overrides():
     (['defaults'], ['--c', '1'], 'Unknown config key --c'),
     (['defaults'], ['--a', 'seven'], '--a expects an integer'),
     (['defaults'], ['--a', '1.5'], '--a expects an integer'),
+    (['defaults'], ['--a', 'nan'], '--a expects an integer'),
+    (['defaults'], ['--a', 'inf'], '--a expects an integer'),
     (['defaults'], ['--flag', 'yes'], '--flag expects True or False'),
     (['defaults'], ['--b', 'x'], '--b expects a number'),
     (['defaults'], ['--a'], 'Expected --key value pairs'),

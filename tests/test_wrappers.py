@@ -58,6 +58,21 @@ def test_unknown_task_is_a_clear_error(task, message):
     env.close()
 
 
+def test_domains_with_underscores_load_and_the_seed_fixes_initial_states():
+  frames = {}
+  for name, seed in (('a', 1), ('b', 1), ('c', 2)):
+    env = wrappers.make_async_env(
+        _config(task='dmc_point_mass_easy'), 'train env', seed=seed)
+    try:
+      assert env.action_space.shape == (2,)
+      frames[name] = [env.reset()['image'] for _ in range(2)]
+    finally:
+      env.close()
+  np.testing.assert_array_equal(frames['a'], frames['b'])
+  assert not np.array_equal(frames['a'][0], frames['c'][0])
+  assert not np.array_equal(frames['a'][0], frames['a'][1])
+
+
 def test_missing_gl_is_a_clear_error(monkeypatch):
   # No display here, so GLFW cannot create a context: the same failure as a
   # machine without the EGL libraries.
