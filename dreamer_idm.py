@@ -601,8 +601,9 @@ def main(config):
       env.close()
     print('Dry run: wrote config.yaml and checked the task; not training.')
     return
-  tf.random.set_seed(config.seed)
-  np.random.seed(config.seed)
+  # Python's, numpy's and TensorFlow's: Keras draws unseeded initial weights
+  # from Python's.
+  tf.keras.utils.set_random_seed(config.seed)
 
   datadir = config.logdir / 'episodes'
   writer = tf.summary.create_file_writer(

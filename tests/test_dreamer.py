@@ -63,6 +63,20 @@ def test_presets_always_apply_over_the_defaults():
     dreamer_idm.parse_args(['--configs', 'idm', 'defaults'])
 
 
+@pytest.mark.parametrize('overrides, message', [
+    (['--horizon', '1'], '--horizon must be at least 2'),
+    (['--eval_rotation', '-5'], '--eval_rotation must be 0'),
+    (['--expl', 'epsilon_greedy'], '--expl must be one of'),
+    (['--jit', 'yes'], '--jit must be one of auto, on, off'),
+    (['--action_repeat', '0'], '--action_repeat must be at least 1'),
+    (['--derived_copies', '-1'], '--derived_copies must be 0 or more'),
+])
+def test_check_config_names_the_key_and_the_fix(overrides, message):
+  config = dreamer_idm.parse_args(overrides)
+  with pytest.raises(tools.ConfigError, match=message):
+    dreamer_idm.check_config(config)
+
+
 def _main(tmp_path, *args):
   config = dreamer_idm.parse_args(
       ['--configs', 'defaults', 'dmc', 'debug', '--logdir', str(tmp_path),

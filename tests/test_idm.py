@@ -1,3 +1,5 @@
+import types
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -100,9 +102,6 @@ def test_derived_memory_widens_the_std_additively():
 
 
 def test_evaluator_outputs_probabilities_and_learns_separable_toy():
-  # Python's, numpy's and TensorFlow's seeds: Keras draws unseeded initial
-  # weights from Python's, which earlier tests advance.
-  tf.keras.utils.set_random_seed(0)
   evaluator = models.TrajectoryEvaluator(2, 32)
   random = np.random.RandomState(0)
   def states(sign, n=64):
@@ -368,3 +367,75 @@ def test_evaluation_trains_when_due_and_act_never_trains(tmp_path):
   assert np.all(np.abs(actions) <= 1)
   assert agent.step == step + 3 * config.action_repeat
   assert agent._metrics['expl_amount'] == [config.expl_amount] * 3
+
+
+def test_evaluator_loss_is_eq3_by_hand():
+  # A stand-in evaluator that returns the logits it is given, [fake, real].
+  agent = types.SimpleNamespace(_evaluator=lambda state, action, nxt: state)
+  real = tf.constant([[0.0, 2.0], [1.0, 0.0]])
+  fake = tf.constant([[3.0, 0.0], [0.0, 0.5]])
+  loss, metrics = dreamer_idm.Dreamer._evaluator_loss(
+      agent, (real, None, None), (fake, None, None))
+  p_real = lambda x: np.exp(x[:, 1]) / np.exp(x).sum(1)
+  expected = -np.log(p_real(real.numpy())).mean() - np.log(
+      1 - p_real(fake.numpy())).mean()
+  assert float(loss) == pytest.approx(expected, rel=1e-6)
+  assert float(metrics['evaluator_real_prob']) == pytest.approx(
+      p_real(real.numpy()).mean(), rel=1e-6)
+  assert float(metrics['evaluator_fake_prob']) == pytest.approx(
+      p_real(fake.numpy()).mean(), rel=1e-6)
+
+
+def test_weight_and_derived_metrics_by_hand():
+  metrics = dreamer_idm.Dreamer._weight_metrics(
+      None, tf.constant([0.5, 0.25, 0.25]))
+  assert float(metrics['weight_max_rel']) == pytest.approx(1.5)
+  assert float(metrics['weight_min_rel']) == pytest.approx(0.75)
+  # Effective sample size 1 / sum(w^2) = 2.67 of 3.
+  assert float(metrics['weight_ess']) == pytest.approx(1 / 0.375 / 3)
+  agent = types.SimpleNamespace(_c=tools.AttrDict(derived_copies=1))
+  returns = tf.constant([[1.0, 3.0, 10.0, 20.0], [1.0, 3.0, 10.0, 20.0]])
+  start = {'deter': tf.constant([[2.0], [0.0], [0.5], [-1.5]])}
+  metrics = dreamer_idm.Dreamer._derived_metrics(agent, returns, start)
+  assert float(metrics['imag_return_original']) == 2.0
+  assert float(metrics['imag_return_derived']) == 15.0
+  assert float(metrics['derived_h_outside']) == 0.5  # Of the derived only.
+
+
+def test_exploration_amount_decays_to_its_floor_and_noise_stays_in_bounds():
+  config = tools.AttrDict(
+      expl='additive_gaussian', expl_amount=0.3, expl_decay=1000,
+      expl_min=0.0, eval_noise=0.0)
+  agent = types.SimpleNamespace(_c=config, _step=2000)
+  amount = lambda training: dreamer_idm.Dreamer._exploration_amount(
+      agent, training)
+  assert amount(True) == pytest.approx(0.075)  # Two half-lives.
+  config.expl_min = 0.1
+  assert amount(True) == 0.1
+  assert amount(False) == 0.0
+  action = tf.constant([[0.99, -0.99, 0.0]] * 2000)
+  explore = lambda amount, training: dreamer_idm.Dreamer._exploration(
+      agent, action, tf.constant(amount), training).numpy()
+  noisy = explore(0.3, True)
+  # Clipped to the action bounds: about half of N(0.99, 0.3) lies beyond 1.
+  assert np.all(np.abs(noisy) <= 1)
+  assert 0.4 < (noisy[:, 0] == 1).mean() < 0.6
+  assert 0.4 < (noisy[:, 1] == -1).mean() < 0.6
+  assert noisy[:, 2].std() == pytest.approx(0.3, rel=0.1)
+  np.testing.assert_array_equal(explore(0.0, True), action)
+  np.testing.assert_array_equal(explore(0.0, False), action)
+  config.eval_noise = 0.2  # Evaluation noise, as upstream's eval_noise.
+  assert explore(0.2, False)[:, 2].std() == pytest.approx(0.2, rel=0.1)
+
+
+def test_the_seed_fixes_the_initial_weights():
+  config = dreamer_idm.parse_args(['--configs', 'dmc', 'idm', 'debug'])
+  space = type('Space', (), {'shape': (2,)})()
+  def weights(seed):
+    tf.keras.utils.set_random_seed(seed)
+    agent = dreamer_idm.Dreamer(
+        config, None, space, tf.summary.create_noop_writer(), None)
+    return [v.numpy() for v in agent.checkpoint_variables()]
+  first, again, other = weights(3), weights(3), weights(4)
+  assert all(np.array_equal(a, b) for a, b in zip(first, again))
+  assert not all(np.array_equal(a, b) for a, b in zip(first, other))

@@ -22,6 +22,19 @@ def test_lambda_return_matches_hand_computation():
   np.testing.assert_allclose(returns.numpy(), [r0, r1, r2], rtol=1e-6)
 
 
+def test_lambda_return_with_a_discount_per_step():
+  # pcont_t discounts what follows step t: a terminal step (0) cuts it off.
+  reward = tf.constant([1.0, 2.0, 3.0])
+  value = tf.constant([0.5, 1.5, 2.5])
+  pcont = tf.constant([0.9, 0.5, 0.0])
+  lam = 0.8
+  r2 = 3.0 + 0.0 * 4.0
+  r1 = 2.0 + 0.5 * ((1 - lam) * 2.5 + lam * r2)
+  r0 = 1.0 + 0.9 * ((1 - lam) * 1.5 + lam * r1)
+  returns = tools.lambda_return(reward, value, pcont, tf.constant(4.0), lam, 0)
+  np.testing.assert_allclose(returns.numpy(), [r0, r1, r2], rtol=1e-6)
+
+
 def test_lambda_return_extremes_and_batch_axis():
   reward = tf.constant([[1.0, 1.0, 1.0], [0.0, 2.0, 0.0]])  # batch x time
   value = tf.constant([[5.0, 6.0, 7.0], [1.0, 1.0, 1.0]])
@@ -182,6 +195,51 @@ def test_float16_checkpoint_keeps_the_dynamic_loss_scale(tmp_path):
     assert float(half.loss_scale_state['test/loss_scale']) == 2 ** 15
   finally:
     prec.set_global_policy('float32')
+
+
+def test_adam_clips_the_global_norm_and_decays_weights_decoupled():
+  module = tf.Module()
+  module.w = tf.Variable(tf.ones([4]), name='w')
+  module.b = tf.Variable(tf.ones([2]), name='b')
+  opt = tools.Adam('model', [module], 0.1, clip=1.0, wd=0.5, wdpattern='/w')
+  opt.build()
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(3 * module.w) + tf.reduce_sum(0 * module.b)
+  norm = opt(tape, loss)
+  assert float(norm) == pytest.approx(6.0)  # sqrt(4 * 3^2), before clipping.
+  # Adam's first moment saw the clipped gradient, 3 / 6 per entry.
+  (m,) = [v for v in opt.variables if '/m' in v.name and v.shape == (4,)]
+  np.testing.assert_allclose(m.numpy(), 0.1 * 0.5, rtol=1e-6)
+  # Decoupled decay: w -= lr * wd * w before Adam's step; b (no match, zero
+  # gradient) stays.
+  np.testing.assert_allclose(module.w.numpy(), 1 - 0.05 - 0.1, rtol=1e-5)
+  np.testing.assert_array_equal(module.b.numpy(), 1.0)
+
+
+def test_training_windows_reach_the_last_step(tmp_path):
+  episode = lambda n: {'reward': np.arange(n, dtype=np.float32)}
+  tools.save_episodes(tmp_path / 'a', [episode(12)])
+  chunks = tools.load_episodes(tmp_path / 'a', 300, length=10, seed=0)
+  starts = {int(next(chunks)['reward'][0]) for _ in range(300)}
+  assert starts == {0, 1, 2}  # 12 - 10 + 1 windows; upstream never drew 2.
+  tools.save_episodes(tmp_path / 'b', [episode(10)])
+  whole = next(tools.load_episodes(tmp_path / 'b', 1, length=10))
+  np.testing.assert_array_equal(whole['reward'], np.arange(10))
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+  filename = tmp_path / 'variables.pkl'
+  variables = [tf.Variable([1.0, 2.0])]
+  tools.save_checkpoint(filename, variables, 1, {'task': 'dmc_walker_walk'})
+  before = filename.read_bytes()
+  def crash(*args):
+    raise OSError('disk full')
+  monkeypatch.setattr(tools.os, 'replace', crash)
+  variables[0].assign([3.0, 4.0])
+  with pytest.raises(OSError, match='disk full'):
+    tools.save_checkpoint(filename, variables, 2, {'task': 'dmc_walker_walk'})
+  assert filename.read_bytes() == before
+  assert tools.read_checkpoint(filename)['step'] == 1
 
 
 def test_every_and_once():

@@ -73,6 +73,44 @@ def test_domains_with_underscores_load_and_the_seed_fixes_initial_states():
   assert not np.array_equal(frames['a'][0], frames['a'][1])
 
 
+class _Recorder:
+  """A stand-in environment: records the actions it receives."""
+
+  def __init__(self, low, high):
+    from dm_env import specs
+    self.action_space = specs.BoundedArray(
+        (len(low),), np.float32, np.array(low), np.array(high))
+    self.actions = []
+
+  def reset(self):
+    return {}
+
+  def step(self, action):
+    self.actions.append(np.array(action))
+    return {}, 1.0, False, {}
+
+
+def test_normalized_actions_map_to_the_bounds_and_unbounded_pass_through():
+  env = _Recorder([0.0, -2.0, -np.inf], [10.0, 2.0, np.inf])
+  normalized = wrappers.NormalizeActions(env)
+  space = normalized.action_space
+  # As upstream: an unbounded dimension is offered as [-1, 1] (the actor's
+  # range) and passed through unchanged.
+  np.testing.assert_array_equal(space.minimum, -1)
+  np.testing.assert_array_equal(space.maximum, 1)
+  normalized.step(np.array([-1.0, 1.0, 7.0]))
+  normalized.step(np.array([0.0, 0.5, -3.0]))
+  np.testing.assert_allclose(env.actions, [[0, 2, 7], [5, 1, -3]])
+
+
+def test_time_limit_ends_the_episode_with_discount_one():
+  env = wrappers.TimeLimit(_Recorder([-1.0], [1.0]), 3)
+  env.reset()
+  steps = [env.step(np.zeros(1)) for _ in range(3)]
+  assert [done for _, _, done, _ in steps] == [False, False, True]
+  assert steps[-1][3]['discount'] == 1.0  # A time-out, not a terminal state.
+
+
 def test_missing_gl_is_a_clear_error(monkeypatch):
   # No display here, so GLFW cannot create a context: the same failure as a
   # machine without the EGL libraries.
