@@ -1,8 +1,9 @@
 """Prints the paper's Table 1 (test images rotated) and Table 2 (plain) from a
 sweep root laid out as <root>/<task>/<preset>/<seed>/metrics.jsonl: mean ± std
 over seeds at the evaluation nearest to 100K and 500K env steps (of two equally
-near, the earlier), beside the paper's numbers, as Markdown and CSV. Runs without an evaluation within
---tolerance steps of a target are shown as missing, never guessed.
+near, the earlier), beside the paper's numbers, as Markdown and CSV. Runs
+without an evaluation within --tolerance steps of a target are shown as
+missing, never guessed.
 
   python tables.py --root sweeps/paper --out sweeps/paper/tables
 """

@@ -199,18 +199,19 @@ def read_checkpoint(filename):
           f'away to restart training from the stored episodes.') from None
 
 
-# Keys that change the shape or meaning of the stored variables, and the
-# seed: resuming another seed's run under a new seed would mix two runs.
-ARCHITECTURE_KEYS = (
-    'task', 'seed', 'deter_size', 'stoch_size', 'num_units', 'dense_act', 'cnn_act',
-    'cnn_depth', 'pcont', 'action_dist', 'evaluator', 'evaluator_layers',
-    'evaluator_units')
+# Keys a resumed run must share with its checkpoint: those that change the
+# shape or meaning of the stored variables, and the seed (resuming another
+# seed's run would mix two runs).
+CHECKPOINT_KEYS = (
+    'task', 'seed', 'deter_size', 'stoch_size', 'num_units', 'dense_act',
+    'cnn_act', 'cnn_depth', 'pcont', 'action_dist', 'evaluator',
+    'evaluator_layers', 'evaluator_units')
 
 
 def check_checkpoint_config(checkpoint, config, filename):
   old = checkpoint['config']
   changed = [
-      f'{k}: {old.get(k)!r} -> {config[k]!r}' for k in ARCHITECTURE_KEYS
+      f'{k}: {old.get(k)!r} -> {config[k]!r}' for k in CHECKPOINT_KEYS
       if k in config and old.get(k) != config[k]]
   if changed:
     raise ConfigError(
@@ -235,10 +236,10 @@ def load_variables(checkpoint, variables, filename, optional=None):
         f'resume with the config it was written with or use a new --logdir.')
   for var, value in zip(variables, values):
     var.assign(value)
-  stored = checkpoint.get('optional', {})
+  extra = checkpoint.get('optional', {})
   for name, var in (optional or {}).items():
-    if name in stored:
-      var.assign(stored[name])
+    if name in extra:
+      var.assign(extra[name])
 
 
 # Episodes: compressed npz files named <time>-<id>-<length>.npz.
