@@ -42,6 +42,8 @@ class Dreamer(tools.Module):
     self._should_log = tools.Every(config.log_every)
     self._metrics = collections.defaultdict(list)
     self._updates = 0
+    self._skipped = 0  # Updates skipped in this logging window.
+    self._skipped_in_a_row = 0
     self._float = prec.global_policy().compute_dtype
     self._dataset = iter(load_dataset(datadir, config)) if datadir else None
     # XLA compiles the whole update once; variables stay variables.
@@ -96,10 +98,31 @@ class Dreamer(tools.Module):
     return action, (latent, action)
 
   def train_step(self, data):
-    metrics = self.train(data)
-    for key, value in metrics.items():
-      self._metrics[key].append(float(value))
+    metrics = {k: float(v) for k, v in self.train(data).items()}
     self._updates += 1
+    # tools.Adam skipped each group whose gradient norm is not finite.
+    skipped = [k[:-len('_grad_norm')] for k, v in metrics.items()
+               if k.endswith('_grad_norm') and not np.isfinite(v)]
+    if skipped:
+      self._skip_update(skipped)
+      return
+    self._skipped_in_a_row = 0
+    for key, value in metrics.items():
+      self._metrics[key].append(value)
+
+  def _skip_update(self, groups):
+    self._skipped += 1
+    self._skipped_in_a_row += 1
+    limit = self._c.skip_limit
+    print(f'Warning: update skipped at step {self._step}: non-finite gradient '
+          f'in {", ".join(groups)} ({self._skipped_in_a_row} in a row; the '
+          f'run stops at {limit}).', flush=True)
+    if self._skipped_in_a_row >= limit:
+      raise tools.NonFiniteError(
+          f'{limit} updates in a row had a non-finite gradient '
+          f'({", ".join(groups)}) at step {self._step}; stopped with the last '
+          f'checkpoint intact. Check the episodes for NaN or inf or lower the '
+          f'learning rates, then rerun to resume.')
 
   def _update(self, data):
     # Runs once per trace: a second trace means a changed input signature.
@@ -164,7 +187,8 @@ class Dreamer(tools.Module):
       with tf.GradientTape() as evaluator_tape:
         evaluator_loss, metrics = self._evaluator_loss(real, fake)
       idm_metrics.update(metrics)
-      idm_metrics.update(self._weight_metrics(weights))
+      idm_metrics.update(self._weight_metrics(
+          weights, self._c.derived_copies))
 
     model_norm = self._model_opt(model_tape, model_loss)
     actor_norm = self._actor_opt(actor_tape, actor_loss)
@@ -221,12 +245,18 @@ class Dreamer(tools.Module):
         evaluator_real_prob=tf.reduce_mean(tf.exp(log_real[..., 1])),
         evaluator_fake_prob=tf.reduce_mean(tf.exp(log_fake[..., 1])))
 
-  def _weight_metrics(self, weights):
+  def _weight_metrics(self, weights, copies):
     count = tf.cast(tf.size(weights), tf.float32)
-    return dict(
+    metrics = dict(
         weight_max_rel=tf.reduce_max(weights) * count,
         weight_min_rel=tf.reduce_min(weights) * count,
         weight_ess=1 / tf.reduce_sum(tf.square(weights)) / count)
+    if copies:
+      # The weights sum to one; derived trajectories follow the originals.
+      # 1 / (1 + K) would mean the evaluator trusts both kinds alike.
+      originals = weights.shape[1] // (1 + copies)
+      metrics['weight_derived_share'] = tf.reduce_sum(weights[:, originals:])
+    return metrics
 
   def _derived_metrics(self, returns, start):
     originals = returns.shape[1] // (1 + self._c.derived_copies)
@@ -243,7 +273,9 @@ class Dreamer(tools.Module):
     act = acts[c.dense_act]
     # World model: encoder, dynamics, decoder and heads on the features.
     self._encode = models.ConvEncoder(c.cnn_depth, acts[c.cnn_act])
-    self._dynamics = models.RSSM(c.stoch_size, c.deter_size, c.deter_size)
+    self._dynamics = models.RSSM(
+        c.stoch_size, c.deter_size, c.deter_size,
+        shared_noise=c.shared_rssm_noise)
     self._decode = models.ConvDecoder(c.cnn_depth, acts[c.cnn_act])
     self._reward = models.DenseDecoder((), 2, c.num_units, act=act)
     model_modules = [self._encode, self._dynamics, self._decode, self._reward]
@@ -386,7 +418,9 @@ class Dreamer(tools.Module):
 
   def _write_summaries(self):
     metrics = {k: float(np.mean(v)) for k, v in self._metrics.items()}
+    metrics['skipped_updates'] = self._skipped
     self._metrics.clear()
+    self._skipped = 0
     self._logger.write(self._step, metrics, self._updates)
     self._updates = 0
     if self._c.log_images:
@@ -706,7 +740,7 @@ def parse_args(argv):
 if __name__ == '__main__':
   try:
     main(parse_args(sys.argv[1:]))
-  except (tools.ConfigError, wrappers.EnvError) as e:
+  except (tools.ConfigError, tools.NonFiniteError, wrappers.EnvError) as e:
     print(f'Error: {e}', file=sys.stderr)
     sys.exit(2)
   except KeyboardInterrupt:

@@ -9,10 +9,12 @@ from tf_keras import mixed_precision as prec
 class RSSM(tools.Module):
   """Recurrent state-space model: a GRU path h and a Gaussian path s."""
 
-  def __init__(self, stoch=30, deter=200, hidden=200, act=tf.nn.elu):
+  def __init__(self, stoch=30, deter=200, hidden=200, act=tf.nn.elu,
+               shared_noise=False):
     super().__init__()
     self._stoch_size, self._deter_size = stoch, deter
     self._hidden_size, self._activation = hidden, act
+    self._shared_noise = shared_noise
     self._cell = tfkl.GRUCell(deter)
 
   def initial(self, batch_size):
@@ -37,7 +39,8 @@ class RSSM(tools.Module):
     prior = tools.static_scan(self.img_step, _swap_time(action), state)
     return _swap_time(prior)
 
-  def get_feat(self, state):
+  @staticmethod
+  def get_feat(state):
     return tf.concat([state['stoch'], state['deter']], -1)
 
   def get_dist(self, state):
@@ -67,7 +70,10 @@ class RSSM(tools.Module):
     # std = softplus(.) + 0.1 keeps the latent from collapsing.
     mean, raw_std = tf.split(stats, 2, -1)
     std = tf.nn.softplus(raw_std) + 0.1
-    noise = tf.random.normal(tf.shape(mean), dtype=mean.dtype)
+    # Upstream's sampler (tools._mnd_sample) draws one noise vector per call,
+    # shared by every row of the batch; shared_noise reproduces it.
+    shape = tf.shape(mean)[-1:] if self._shared_noise else tf.shape(mean)
+    noise = tf.random.normal(shape, dtype=mean.dtype)
     return dict(mean=mean, std=std, stoch=mean + std * noise, deter=deter)
 
 
@@ -265,7 +271,9 @@ def decoding_constraint(decode, feat, feat_noisy, scale, margin, mean=None):
 def derive_memory(start, copies, noise_h, noise_s):
   """Derived memory (Eq. 2): the start states followed by `copies` derived
   copies of each, h' ~ N(h, sigma_h^2) and s' ~ N(mu_s, (sigma_s + sigma_s')^2).
-  The std widens additively, unlike the constraint's s + xi_s."""
+  The std widens additively, as Eq. 2 writes it; Sec. 4.1's text (noise
+  added to a sample, std sqrt(sigma_s^2 + sigma_s'^2)) is narrower. Unlike the
+  constraint's s + xi_s."""
   if not copies:
     return start
   repeat = lambda x: tf.concat([x] * copies, 0)
@@ -280,9 +288,11 @@ def derive_memory(start, copies, noise_h, noise_s):
 class TrajectoryEvaluator(tools.Module):
   """E(z, a, z'): softmax over {fake, real} for one transition (Eq. 3).
 
-  A state enters as [mean of s, h] for real, overshoot and imagined
-  transitions alike, so that the width of posterior and prior samples cannot
-  give the answer away.
+  A state enters as z = (s, h), the sampled s as in RSSM.get_feat, for real,
+  overshoot and imagined transitions alike. Not the mean of s: the prior's
+  mean is an exact function of h, so [mean, h] would tell prior-made states
+  from posterior ones even for a perfect model, and every imagined state is
+  prior-made. With samples, real and fake differ only by model error.
   """
 
   def __init__(self, layers=3, units=400, act=tf.nn.elu):
@@ -292,14 +302,10 @@ class TrajectoryEvaluator(tools.Module):
 
   def __call__(self, state, action, next_state):
     x = tf.concat([
-        self.features(state), tf.cast(action, state['deter'].dtype),
-        self.features(next_state)], -1)
+        RSSM.get_feat(state), tf.cast(action, state['deter'].dtype),
+        RSSM.get_feat(next_state)], -1)
     return tf.cast(self.mlp(x, self._layers, self._units, self._act, 2),
                    tf.float32)
-
-  @staticmethod
-  def features(state):
-    return tf.concat([state['mean'], state['deter']], -1)
 
   def log_prob_real(self, state, action, next_state):
     return tf.nn.log_softmax(self(state, action, next_state))[..., 1]

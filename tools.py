@@ -60,6 +60,10 @@ class ConfigError(ValueError):
   pass
 
 
+class NonFiniteError(RuntimeError):
+  """Too many updates in a row had a non-finite gradient."""
+
+
 def load_presets(path):
   import ruamel.yaml
   return ruamel.yaml.YAML(typ='safe', pure=True).load(pathlib.Path(path).read_text())
@@ -568,10 +572,24 @@ class Adam(tf.Module):
     norm = tf.linalg.global_norm(grads)
     if self._clip:
       grads, _ = tf.clip_by_global_norm(grads, self._clip, norm)
+    # An update with a non-finite gradient is skipped in every precision: one
+    # NaN applied destroys the run. The caller sees it in the returned norm.
+    finite = tf.math.is_finite(norm)
     if self._wd:
       # Decoupled weight decay (upstream's scaled the weights by wd itself).
+      rate = tf.where(finite, self._lr * self._wd, 0.0)
       for var in self._variables:
         if re.search(self._wdpattern, self._name + '/' + var.name):
-          var.assign_sub(self._lr * self._wd * var)
-    self._opt.apply_gradients(zip(grads, self._variables))
+          var.assign_sub(tf.cast(rate, var.dtype) * var)
+    pairs = list(zip(grads, self._variables))
+    if self._scaling:
+      # The loss-scale optimizer skips such an update itself and lowers the
+      # loss scale.
+      self._opt.apply_gradients(pairs)
+    else:
+      tf.cond(finite, lambda: self._apply(pairs), lambda: tf.constant(False))
     return norm
+
+  def _apply(self, pairs):
+    self._opt.apply_gradients(pairs)
+    return tf.constant(True)

@@ -105,8 +105,8 @@ def test_evaluator_outputs_probabilities_and_learns_separable_toy():
   evaluator = models.TrajectoryEvaluator(2, 32)
   random = np.random.RandomState(0)
   def states(sign, n=64):
-    mean = sign + 0.3 * random.normal(0, 1, (n, 3)).astype(np.float32)
-    return dict(mean=tf.constant(mean), deter=tf.constant(
+    stoch = sign + 0.3 * random.normal(0, 1, (n, 3)).astype(np.float32)
+    return dict(stoch=tf.constant(stoch), deter=tf.constant(
         random.normal(0, 1, (n, 4)).astype(np.float32)))
   action = tf.zeros((64, 2))
   real, fake = (states(1), action, states(1)), (states(-1), action, states(-1))
@@ -123,6 +123,66 @@ def test_evaluator_outputs_probabilities_and_learns_separable_toy():
     losses.append(float(loss))
   # Chance level is 2 log 2 = 1.39 nats; the toy is separable.
   assert losses[0] > 0.5 and losses[-1] < 0.1
+
+
+def _toy_states(random, n, prior_made, shift=0.0):
+  # h ~ N(0, 1). A prior-made mean of s is a function of h, as in img_step; a
+  # posterior mean also saw the image (u ~ N(0, 1)) and has a narrow std.
+  # Both give s | h the same distribution, N(f(h), 1 + 0.1^2): a perfect
+  # model. `shift` plants a model error in the prior-made samples.
+  matrix = np.random.RandomState(1).normal(0, 1, (4, 3))
+  deter = random.normal(0, 1, (n, 4))
+  base = np.tanh(deter @ matrix)
+  if prior_made:
+    mean, std = base, np.sqrt(1 + 0.1 ** 2)
+  else:
+    mean, std = base + random.normal(0, 1, (n, 3)), 0.1
+  stoch = mean + std * random.normal(0, 1, (n, 3)) + shift
+  const = lambda x: tf.constant(x, tf.float32)
+  return dict(mean=const(mean), std=const(std + 0 * mean),
+              stoch=const(stoch), deter=const(deter))
+
+
+def _train_toy_evaluator(shift, steps=300, batch=256):
+  """Trains an evaluator on fresh real (posterior) and fake (prior-made)
+  triples each step; returns its loss and mean P(real) on held-out ones."""
+  random = np.random.RandomState(0)
+  triples = lambda n, prior_made, shift=0.0: (
+      _toy_states(random, n, prior_made),
+      tf.constant(random.normal(0, 1, (n, 2)), tf.float32),
+      _toy_states(random, n, prior_made, shift))
+  evaluator = models.TrajectoryEvaluator(2, 64)
+  evaluator(*triples(1, False))
+  optimizer = tf.keras.optimizers.Adam(1e-3)
+  @tf.function
+  def update(real, fake):
+    with tf.GradientTape() as tape:
+      loss = -tf.reduce_mean(evaluator.log_prob_real(*real)) - tf.reduce_mean(
+          tf.math.log1p(-tf.exp(evaluator.log_prob_real(*fake))))
+    grads = tape.gradient(loss, evaluator.variables)
+    optimizer.apply_gradients(zip(grads, evaluator.variables))
+  for _ in range(steps):
+    update(triples(batch, False), triples(batch, True, shift))
+  real = tf.exp(evaluator.log_prob_real(*triples(8192, False))).numpy()
+  fake = tf.exp(evaluator.log_prob_real(*triples(8192, True, shift))).numpy()
+  return -np.log(real).mean() - np.log1p(-fake).mean(), real.mean(), fake.mean()
+
+
+def test_evaluator_judges_the_sampled_latent_not_the_priors_mean(monkeypatch):
+  chance = 2 * np.log(2)
+  # A perfect model: the evaluator cannot do better than chance (measured:
+  # loss 1.3896, P(real) 0.497 on real and 0.496 on fake triples).
+  loss, real, fake = _train_toy_evaluator(shift=0.0)
+  assert abs(loss - chance) < 0.02 and abs(real - fake) < 0.03
+  # A planted model error is detected (measured: 1.225, 0.584 / 0.430).
+  loss, real, fake = _train_toy_evaluator(shift=0.5)
+  assert loss < chance - 0.1 and real - fake > 0.1
+  # The old features, [mean of s, h], tell prior-made states apart even for
+  # the perfect model (measured: 0.307, 0.887 / 0.095).
+  monkeypatch.setattr(models.RSSM, 'get_feat', staticmethod(
+      lambda state: tf.concat([state['mean'], state['deter']], -1)))
+  loss, real, fake = _train_toy_evaluator(shift=0.0)
+  assert loss < 1.0 and real - fake > 0.5
 
 
 def test_overshoot_triples_are_open_loop_from_the_real_starts():
@@ -190,7 +250,7 @@ def test_weights_sum_to_one_and_uniform_weights_give_dreamer_losses():
 def test_no_gradient_reaches_the_evaluator_from_actor_or_critic():
   tf.random.set_seed(0)
   evaluator = models.TrajectoryEvaluator(2, 8)
-  state = dict(mean=tf.random.normal((14, 5, 3)),
+  state = dict(stoch=tf.random.normal((14, 5, 3)),
                deter=tf.random.normal((14, 5, 4)))
   returns = tf.Variable(tf.random.normal((14, 5)))
   evaluator(state, tf.zeros((14, 5, 2)), state)  # Build.
@@ -214,6 +274,8 @@ IDM_METRICS = {
     'evaluator': {'evaluator_loss', 'evaluator_real_prob',
                   'evaluator_fake_prob', 'evaluator_grad_norm',
                   'weight_max_rel', 'weight_min_rel', 'weight_ess'},
+    # Logged when both derived memory and the evaluator are on.
+    'derived+evaluator': {'weight_derived_share'},
 }
 PRESETS = {
     'dreamer': (), 'idm': ('constraint', 'derived', 'evaluator'),
@@ -312,9 +374,15 @@ def test_idm_trains_logs_checkpoints_and_resumes(tmp_path):
   out = _train(logdir, '--configs', 'defaults', 'dmc', 'idm', 'debug',
                '--steps', '300')
   assert 'Prefill dataset with 100 steps.' in out
-  keys = set().union(*_records(logdir))
-  expected = set().union(*IDM_METRICS.values())
+  records = _records(logdir)
+  keys = set().union(*records)
+  expected = set().union(*IDM_METRICS.values()) | {'skipped_updates'}
   assert expected <= keys, expected - keys
+  shares = [r['weight_derived_share'] for r in records
+            if 'weight_derived_share' in r]
+  assert all(0 < share < 1 for share in shares)
+  assert all(r['skipped_updates'] == 0 for r in records
+             if 'skipped_updates' in r)
   assert list((logdir / 'images').glob('perturbed_*.png'))
   checkpoint = tools.read_checkpoint(logdir / 'variables.pkl')
   assert checkpoint['step'] == 300 and checkpoint['config']['evaluator']
@@ -369,6 +437,36 @@ def test_evaluation_trains_when_due_and_act_never_trains(tmp_path):
   assert agent._metrics['expl_amount'] == [config.expl_amount] * 3
 
 
+def test_a_non_finite_update_is_skipped_counted_and_stops_the_run(
+    tmp_path, capsys):
+  agent, _ = _agent(tmp_path, 'idm', '--skip_limit', '3', '--log_images',
+                    'False')
+  logged = []
+  agent._logger = types.SimpleNamespace(
+      write=lambda step, metrics, updates: logged.append(metrics))
+  data = {k: v.numpy() for k, v in next(agent._dataset).items()}
+  bad = dict(data, action=data['action'].copy())
+  bad['action'][0, 3, 0] = np.nan  # Reaches every loss through the RSSM.
+  values = lambda: [v.numpy() for v in agent.checkpoint_variables()]
+  before = values()
+  agent.train_step(bad)
+  # Weights, Adam's statistics and its step counters: all unchanged.
+  assert all(np.array_equal(a, b) for a, b in zip(before, values()))
+  out = capsys.readouterr().out
+  assert ('Warning: update skipped at step' in out and
+          'non-finite gradient in model, value, actor, evaluator (1 in a row; '
+          'the run stops at 3)' in out)
+  agent.train_step(data)  # A finite update applies and resets the streak.
+  assert not all(np.array_equal(a, b) for a, b in zip(before, values()))
+  agent.train_step(bad)
+  agent._write_summaries()
+  assert logged[-1]['skipped_updates'] == 2
+  assert np.isfinite(logged[-1]['model_loss'])  # Skipped ones are not means.
+  agent.train_step(bad)
+  with pytest.raises(tools.NonFiniteError, match='3 updates in a row'):
+    agent.train_step(bad)
+
+
 def test_evaluator_loss_is_eq3_by_hand():
   # A stand-in evaluator that returns the logits it is given, [fake, real].
   agent = types.SimpleNamespace(_evaluator=lambda state, action, nxt: state)
@@ -388,11 +486,17 @@ def test_evaluator_loss_is_eq3_by_hand():
 
 def test_weight_and_derived_metrics_by_hand():
   metrics = dreamer_idm.Dreamer._weight_metrics(
-      None, tf.constant([0.5, 0.25, 0.25]))
+      None, tf.constant([[0.5, 0.25, 0.25]]), 0)
   assert float(metrics['weight_max_rel']) == pytest.approx(1.5)
   assert float(metrics['weight_min_rel']) == pytest.approx(0.75)
   # Effective sample size 1 / sum(w^2) = 2.67 of 3.
   assert float(metrics['weight_ess']) == pytest.approx(1 / 0.375 / 3)
+  assert 'weight_derived_share' not in metrics
+  # Two positions x (2 originals, then 2 derived), K = 1: the derived
+  # trajectories hold 0.1 + 0.2 + 0.05 + 0.05 of the weight.
+  weights = tf.constant([[0.2, 0.1, 0.1, 0.2], [0.1, 0.2, 0.05, 0.05]])
+  metrics = dreamer_idm.Dreamer._weight_metrics(None, weights, 1)
+  assert float(metrics['weight_derived_share']) == pytest.approx(0.4)
   agent = types.SimpleNamespace(_c=tools.AttrDict(derived_copies=1))
   returns = tf.constant([[1.0, 3.0, 10.0, 20.0], [1.0, 3.0, 10.0, 20.0]])
   start = {'deter': tf.constant([[2.0], [0.0], [0.5], [-1.5]])}

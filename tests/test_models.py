@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 from tensorflow_probability import distributions as tfd
 
@@ -45,6 +46,42 @@ def test_imagine_starts_from_the_given_state():
   other = dict(start, deter=start['deter'] + 1.0)
   moved = rssm.imagine(action[:, 2:], other)
   assert not np.allclose(moved['deter'][:, 0], imagined['deter'][:, 0])
+
+
+def _noise(state):
+  return ((state['stoch'] - state['mean']) / state['std']).numpy()
+
+
+def _rows_share(noise):
+  # [batch, ..., stoch]: every row equal to the first.
+  return np.allclose(noise, noise[:1], atol=1e-5)
+
+
+@pytest.mark.parametrize('shared', [False, True])
+def test_rssm_rows_share_their_noise_only_with_shared_noise(shared):
+  # Upstream's sampler (tools._mnd_sample) drew one noise vector per call for
+  # the whole batch; shared_noise reproduces it, per-row noise is the default.
+  tf.random.set_seed(0)
+  rssm = models.RSSM(stoch=4, deter=8, hidden=8, shared_noise=shared)
+  embed = tf.random.normal((3, 5, 12))
+  action = tf.random.uniform((3, 5, 2), -1, 1)
+  post, prior = rssm.observe(embed, action)
+  imagined = rssm.imagine(action, {k: v[:, 0] for k, v in post.items()})
+  for state in (post, prior, imagined):
+    noise = _noise(state)
+    assert _rows_share(noise) == shared
+    # A new draw at every step either way.
+    assert not np.allclose(noise[:, 0], noise[:, 1])
+
+
+@pytest.mark.parametrize('shared', [False, True])
+def test_policy_rows_share_their_noise_only_with_shared_noise(tmp_path, shared):
+  from test_idm import _agent
+  agent, _ = _agent(tmp_path, 'dreamer', '--shared_rssm_noise', str(shared))
+  images = np.random.RandomState(0).randint(0, 255, (3, 64, 64, 3), np.uint8)
+  _, (latent, _) = agent.policy(
+      {'image': images}, None, False, tf.constant(0.0))
+  assert _rows_share(_noise(latent)) == shared
 
 
 def test_kl_loss_averages_first_then_clips_at_free_nats():
