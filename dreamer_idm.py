@@ -1,8 +1,12 @@
 import collections
+import contextlib
 import functools
 import os
 import pathlib
+import re
 import sys
+import tempfile
+import textwrap
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -12,18 +16,108 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 
 sys.path.append(str(pathlib.Path(__file__).parent))
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow_probability import distributions as tfd  # noqa: E402
-from tf_keras import mixed_precision as prec  # noqa: E402
+CONFIGS = pathlib.Path(__file__).parent / 'configs.yaml'
 
-import models  # noqa: E402
-import tools  # noqa: E402
-import wrappers  # noqa: E402
+
+def help_text(path=CONFIGS):
+  """--help: every preset with its comment, then every key of `defaults` with
+  its default and comment, grouped as configs.yaml groups them. Read from the
+  file's text, so that --help needs neither TensorFlow nor a YAML library."""
+  width = 100
+  presets, groups = [], []
+  comment, preset = [], None
+  for line in path.read_text().splitlines():
+    text = line.strip()
+    indent = len(line) - len(line.lstrip())
+    if not text:
+      comment = []
+    elif indent == 0 and text.startswith('#'):
+      comment.append(text.lstrip('# '))
+    elif indent == 0:
+      preset = text.rstrip(':')
+      presets.append((preset, ' '.join(comment)))
+      comment = []
+    elif preset != 'defaults':
+      continue
+    elif text.startswith('#') and indent == 2:
+      groups.append((text.lstrip('# '), []))
+    elif text.startswith('#'):  # A key's comment, continued.
+      key, value, note = groups[-1][1][-1]
+      groups[-1][1][-1] = (key, value, f'{note} {text.lstrip("# ")}')
+    else:
+      key, _, rest = text.partition(':')
+      value, _, note = rest.partition('#')
+      groups[-1][1].append((key, value.strip(), note.strip()))
+  out = [
+      'Usage: python3 dreamer_idm.py [--configs PRESET ...] [--key value ...]',
+      '',
+      *textwrap.wrap(
+          '--configs merges presets left to right over `defaults`; then each '
+          '--key value overrides one key, parsed to the type of its default. '
+          'Rerun the same command with the same --logdir to resume.', width),
+      '', 'Presets (configs.yaml):']
+  indent = ' ' * 26
+  for name, note in presets:
+    out += textwrap.wrap(note or '-', width, initial_indent=f'  {name:23} ',
+                         subsequent_indent=indent)
+  out += ['', 'Keys and their defaults:']
+  for title, keys in groups:
+    out.append(f'  {title}')
+    for key, value, note in keys:
+      flag = f'--{key} {value}'
+      if len(flag) > 30:
+        out.append(f'    {flag}')
+        flag = ''
+      out += textwrap.wrap(note or '-', width,
+                           initial_indent=f'    {flag:31} ',
+                           subsequent_indent=' ' * 36)
+  return '\n'.join(out)
+
+
+if __name__ == '__main__' and {'-h', '--help'} & set(sys.argv[1:]):
+  print(help_text())  # Before TensorFlow loads: it takes seconds.
+  sys.exit(0)
+
+
+# TensorFlow's C++ start-up lines (absl's preamble, oneDNN and CUDA-not-found
+# notes) would greet every start; anything else it prints gets through.
+STARTUP_NOISE = re.compile(
+    r'All log messages before absl::InitializeLog|^I\d{4} |'
+    r'oneDNN custom operations are on|Could not find cuda drivers|'
+    r'failed call to cuInit|This TensorFlow binary is optimized|'
+    r'To enable the following instructions|TF-TRT Warning|'
+    r'Unable to register cu\w+ factory')
+
+
+@contextlib.contextmanager
+def quiet_startup():
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as temp:
+    os.dup2(temp.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      temp.seek(0)
+      for line in temp.read().decode('utf-8', 'replace').splitlines():
+        if not STARTUP_NOISE.search(line):
+          print(line, file=sys.stderr)
+
+
+with quiet_startup():
+  import numpy as np
+  import tensorflow as tf
+  from tensorflow_probability import distributions as tfd
+  from tf_keras import mixed_precision as prec
+
+  import models
+  import tools
+  import wrappers
 
 tf.get_logger().setLevel('ERROR')
-
-CONFIGS = pathlib.Path(__file__).parent / 'configs.yaml'
 
 
 class Dreamer(tools.Module):

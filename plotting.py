@@ -4,6 +4,17 @@ layout of the paper's Figure 5, as PNG, with the paper's numbers at 100K and
 500K steps as reference markers.
 
   python plotting.py --root sweeps/paper --out sweeps/paper/plots
+
+Scores files in upstream Dreamer's format (a JSON list of {task, method, seed,
+xs, ys}): add a run's test returns (ours or upstream's: both write
+metrics.jsonl), then plot each method's mean and per-seed curves:
+
+  python plotting.py --scores scores/cpu_proxy.json --add RUN --method dreamer --seed 0
+  python plotting.py --scores scores/cpu_proxy.json --out docs/cpu_proxy.png
+
+IDM's diagnostics (evaluator, weights, constraint, derived memory) over runs:
+
+  python plotting.py --diagnostics RUN [RUN ...] --out docs/diagnostics.png
 """
 
 import argparse
@@ -23,6 +34,7 @@ STYLE = {
     'idm_no_derived': ('IDM w/o DM', 'tab:green'),
     'idm_evaluator_only': ('IDM w/o CST and DM', 'tab:purple'),
     'dreamer_doubled_batch': ('Doubled-Dreamer', 'tab:gray'),
+    'upstream_dreamer': ('upstream Dreamer', 'black'),
 }
 ABLATIONS = tuple(STYLE)
 
@@ -77,6 +89,11 @@ def plot(runs, presets, paper, filename, title):
   axes.flat[0].legend(fontsize=8)
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
+  return _save(fig, filename)
+
+
+def _save(fig, filename):
+  import matplotlib.pyplot as plt
   stream = io.BytesIO()
   fig.savefig(stream, dpi=100, format='png')
   plt.close(fig)
@@ -85,11 +102,152 @@ def plot(runs, presets, paper, filename, title):
   return filename
 
 
+def run_scores(logdir, method, seed, task=None):
+  """A run's test returns as one entry of upstream's scores format."""
+  logdir = pathlib.Path(logdir)
+  if task is None:
+    config = logdir / 'config.yaml'
+    if not config.exists():
+      raise ValueError(f'{logdir} has no config.yaml (upstream runs have '
+                       f'none); pass --task.')
+    import ruamel.yaml
+    task = ruamel.yaml.YAML(typ='safe').load(config.read_text())['task']
+  curve = tables.load_curve(logdir / 'metrics.jsonl', 'test/return')
+  if not curve:
+    raise ValueError(f'{logdir}/metrics.jsonl has no test/return yet.')
+  return dict(task=task, method=method, seed=int(seed),
+              xs=[int(x) for x, _ in curve], ys=[y for _, y in curve])
+
+
+def add_scores(filename, entry):
+  """Adds the entry to a scores file, replacing its task, method and seed."""
+  filename = pathlib.Path(filename)
+  entries = json.loads(filename.read_text()) if filename.exists() else []
+  key = lambda e: (e['task'], e['method'], e['seed'])
+  entries = sorted([e for e in entries if key(e) != key(entry)] + [entry],
+                   key=key)
+  import tools
+  text = '[\n' + ',\n'.join(json.dumps(e) for e in entries) + '\n]\n'
+  tools.atomic_write(filename, text.encode('utf-8'))
+  return entries
+
+
+def plot_scores(entries, filename):
+  """Per task: each method's mean over seeds (bold) and every seed (thin)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  tasks = sorted({e['task'] for e in entries})
+  fig, axes = plt.subplots(
+      1, len(tasks), figsize=(5.5 * len(tasks), 3.8), squeeze=False)
+  for ax, task in zip(axes.flat, tasks):
+    methods = collections.defaultdict(list)
+    for entry in entries:
+      if entry['task'] == task:
+        methods[entry['method']].append(entry)
+    for method, runs in methods.items():
+      label, color = STYLE.get(method, (method, None))
+      steps, mean, _ = band({r['seed']: list(zip(r['xs'], r['ys']))
+                             for r in runs})
+      line, = ax.plot(steps, mean, color=color, lw=2,
+                      label=f'{label} ({len(runs)} seeds)')
+      for run in runs:
+        ax.plot(run['xs'], run['ys'], color=line.get_color(), lw=0.8,
+                alpha=0.4)
+    ax.set_title(task)
+    ax.set_xlabel('env steps')
+    ax.set_ylabel('test return')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  return _save(fig, filename)
+
+
+# (title, metric keys, log scale) of each diagnostics panel.
+DIAGNOSTICS = (
+    ('evaluator P(real)', ('evaluator_real_prob', 'evaluator_fake_prob'),
+     False),
+    ('weight ESS / count', ('weight_ess',), False),
+    ('relative weight (max, min)', ('weight_max_rel', 'weight_min_rel'), True),
+    ('weight share of derived', ('weight_derived_share',), False),
+    ('constraint KL (nats)', ('constraint_kl',), False),
+    ('states over the margin', ('constraint_over_margin',), False),
+    ('imagined return', ('imag_return_original', 'imag_return_derived'),
+     False),
+)
+
+
+def plot_diagnostics(logdirs, filename):
+  """IDM's metrics against env steps, one line per run and metric."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  cols = 4
+  rows = (len(DIAGNOSTICS) + cols - 1) // cols
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows),
+                           squeeze=False)
+  styles = ('-', '--', ':')
+  for ax, (title, keys, log) in zip(axes.flat, DIAGNOSTICS):
+    for index, logdir in enumerate(logdirs):
+      name = '/'.join(pathlib.Path(logdir).parts[-2:])
+      for key, style in zip(keys, styles):
+        curve = tables.load_curve(pathlib.Path(logdir) / 'metrics.jsonl', key)
+        if curve:
+          steps, values = zip(*curve)
+          ax.plot(steps, values, style, color=f'C{index}', lw=1,
+                  label=f'{name} {key}' if len(keys) > 1 else name)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel('env steps')
+    if log:
+      ax.set_yscale('log')
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend(fontsize=6)
+  for ax in list(axes.flat)[len(DIAGNOSTICS):]:
+    ax.axis('off')
+  fig.tight_layout()
+  return _save(fig, filename)
+
+
 def main(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--root', required=True)
-  parser.add_argument('--out', required=True)
+  parser.add_argument('--root', help='a sweep root: paper-layout figures')
+  parser.add_argument('--scores', help='a scores file (upstream format)')
+  parser.add_argument('--add', help='with --scores: a run to add to it')
+  parser.add_argument('--method', help='with --add: its method name')
+  parser.add_argument('--seed', type=int, help='with --add: its seed')
+  parser.add_argument('--task', help='with --add: task, if no config.yaml')
+  parser.add_argument('--diagnostics', nargs='+', help='IDM runs to plot')
+  parser.add_argument('--out', help='output folder (--root) or PNG file')
   args = parser.parse_args(argv)
+  if args.add:
+    if not args.scores or args.method is None or args.seed is None:
+      print('Error: --add needs --scores, --method and --seed.',
+            file=sys.stderr)
+      return 2
+    try:
+      entry = run_scores(args.add, args.method, args.seed, args.task)
+    except (ValueError, FileNotFoundError) as e:
+      print(f'Error: {e}', file=sys.stderr)
+      return 2
+    add_scores(args.scores, entry)
+    print(f'Added {entry["method"]} seed {entry["seed"]} on {entry["task"]} '
+          f'({len(entry["xs"])} evaluations, last {entry["ys"][-1]:.1f} at '
+          f'{entry["xs"][-1]}) to {args.scores}.')
+    return 0
+  if not args.out:
+    print('Error: --out is needed to plot.', file=sys.stderr)
+    return 2
+  if args.scores:
+    entries = json.loads(pathlib.Path(args.scores).read_text())
+    print(f'Wrote {plot_scores(entries, args.out)}.')
+    return 0
+  if args.diagnostics:
+    print(f'Wrote {plot_diagnostics(args.diagnostics, args.out)}.')
+    return 0
+  if not args.root:
+    print('Error: pass --root, --scores or --diagnostics.', file=sys.stderr)
+    return 2
   if not pathlib.Path(args.root).is_dir():
     print(f'Error: no sweep root at {args.root}.', file=sys.stderr)
     return 2

@@ -1,4 +1,5 @@
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -124,12 +125,44 @@ def test_command_line_errors_are_one_line():
       [sys.executable, 'dreamer_idm.py', '--configs', 'defaults', 'nope'],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
-  lines = [x for x in result.stderr.splitlines() if x.startswith('Error')]
-  assert lines == [
+  # One line and nothing else: TensorFlow's start-up lines are filtered.
+  assert result.stderr.splitlines() == [
       "Error: Unknown preset 'nope'; choose from defaults, dmc, dreamer, idm, "
       "idm_no_evaluator, idm_no_derived, idm_evaluator_only, "
-      "dreamer_doubled_batch, debug (see configs.yaml)."]
-  assert 'Traceback' not in result.stderr
+      "dreamer_doubled_batch, cpu_proxy, debug (see configs.yaml)."]
+
+
+@pytest.mark.parametrize('flag', ['--help', '-h'])
+def test_help_lists_every_preset_and_key_without_tensorflow(flag):
+  result = subprocess.run(
+      [sys.executable, '-X', 'importtime', 'dreamer_idm.py', '--configs',
+       'idm', flag], cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0
+  assert 'tensorflow' not in result.stderr  # -X importtime lists imports.
+  presets = tools.load_presets(dreamer_idm.CONFIGS)
+  lines = result.stdout.splitlines()
+  for name in presets:
+    assert any(line.startswith(f'  {name} ') for line in lines), name
+  for key, value in presets['defaults'].items():
+    (line,) = [x for x in lines if x.strip().startswith(f'--{key} ')]
+    assert line.split()[1] == str(value) or key.endswith(
+        ('_lr', 'pattern')), line  # 6.0e-4 and '.*' as the file writes them.
+    assert not line.rstrip().endswith(' -'), f'{key} has no comment'
+  assert '    --precision auto' in result.stdout
+  assert 'Upstream: 16. auto = 16 with a GPU' in result.stdout
+
+
+def test_startup_noise_is_filtered_and_other_lines_get_through(capfd):
+  with dreamer_idm.quiet_startup():
+    os.write(2, b'I0000 00:00:1.0 1 cudart_stub.cc:31] Could not find cuda '
+                b'drivers on your machine, GPU will not be used.\n')
+    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is '
+                b'called are written to STDERR\n')
+    os.write(2, b'E0000 00:00:1.0 1 some_op.cc:9] a real error\n')
+    os.write(2, b'W0000 00:00:1.0 1 other.cc:9] a real warning\n')
+  assert capfd.readouterr().err.splitlines() == [
+      'E0000 00:00:1.0 1 some_op.cc:9] a real error',
+      'W0000 00:00:1.0 1 other.cc:9] a real warning']
 
 
 def _train(logdir, *args):

@@ -95,6 +95,56 @@ def test_plotting_writes_valid_pngs(root, tmp_path):
     assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0
 
 
+def test_scores_file_gets_runs_replaced_by_key_and_plots(tmp_path):
+  import matplotlib.image
+  import ruamel.yaml
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in [
+      {'step': 5000, 'test/return': 136.0}, {'step': 5000, 'model_loss': 2},
+      {'step': 8000, 'train/return': 300.0},
+      {'step': 8000, 'test/return': 250.5}]) + '\n')
+  scores = tmp_path / 'scores.json'
+  # An upstream run has no config.yaml: the task must be given.
+  assert plotting.main(['--scores', str(scores), '--add', str(run),
+                        '--method', 'upstream_dreamer', '--seed', '0']) == 2
+  assert not scores.exists()
+  assert plotting.main(['--scores', str(scores), '--add', str(run), '--method',
+                        'upstream_dreamer', '--seed', '0', '--task',
+                        'dmc_cartpole_balance']) == 0
+  ruamel.yaml.YAML().dump({'task': 'dmc_cartpole_balance'},
+                          run / 'config.yaml')
+  for seed in (1, 0):  # Seed 0 again replaces its entry.
+    plotting.main(['--scores', str(scores), '--add', str(run), '--method',
+                   'dreamer', '--seed', str(seed)])
+  entries = json.loads(scores.read_text())
+  assert [(e['method'], e['seed']) for e in entries] == [
+      ('dreamer', 0), ('dreamer', 1), ('upstream_dreamer', 0)]
+  assert entries[0] == dict(task='dmc_cartpole_balance', method='dreamer',
+                            seed=0, xs=[5000, 8000], ys=[136.0, 250.5])
+  out = tmp_path / 'curves.png'
+  assert plotting.main(['--scores', str(scores), '--out', str(out)]) == 0
+  assert matplotlib.image.imread(out).std() > 0
+
+
+def test_diagnostics_plot_reads_the_idm_metrics(tmp_path):
+  import matplotlib.image
+  run = tmp_path / 'idm' / '0'
+  run.mkdir(parents=True)
+  records = [dict(step=s, evaluator_real_prob=0.6, evaluator_fake_prob=0.4,
+                  weight_ess=0.9, weight_max_rel=3.0, weight_min_rel=0.2,
+                  weight_derived_share=0.45, constraint_kl=10.0,
+                  constraint_over_margin=0.1, imag_return_original=5.0,
+                  imag_return_derived=4.0) for s in (1000, 2000)]
+  (run / 'metrics.jsonl').write_text(
+      '\n'.join(json.dumps(r) for r in records) + '\n')
+  out = tmp_path / 'diagnostics.png'
+  assert plotting.main(['--diagnostics', str(run), '--out', str(out)]) == 0
+  assert matplotlib.image.imread(out).std() > 0
+  keys = {k for _, panel, _ in plotting.DIAGNOSTICS for k in panel}
+  assert keys == set(records[0]) - {'step'}
+
+
 def test_a_tie_goes_to_the_earlier_evaluation():
   # Upstream's schedule evaluates at 95K and 105K, none at 100K.
   curve = [(85_000, 1.0), (95_000, 2.0), (105_000, 3.0)]
