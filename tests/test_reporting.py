@@ -183,3 +183,16 @@ def test_bench_targets_compare_each_value_with_its_bound():
   # Dreamer alone: only its own rows, read from the top level.
   alone = bench.targets(dict(dreamer, env_steps_per_sec=60.0))
   assert [row['passed'] for row in alone] == [True, False, True, True, False]
+
+
+def test_bench_replay_links_episodes_and_measures_both_replays(tmp_path):
+  import bench
+  import tools
+  directory = bench.write_replay(tmp_path, 3, 2, length=60)
+  files = sorted(directory.glob('*.npz'))
+  assert len(files) == 6 and tools.count_episodes(directory) == (6, 354)
+  assert len({f.stat().st_ino for f in files}) == 3  # Links, not copies.
+  ours = bench.measure_replay(directory, 2, False)
+  assert ours['episodes'] == 6 and 0 < ours['batch_seconds'] < 10
+  upstream = bench.measure_replay(directory, 2, True)
+  assert upstream['episodes'] == 6 and upstream['rss_gb'] > 0

@@ -1,5 +1,6 @@
 import pickle
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -129,6 +130,38 @@ def test_episodes_roundtrip_and_corrupt_files_are_skipped(tmp_path):
     start = int(np.flatnonzero(original == chunk['reward'][0])[0])
     np.testing.assert_array_equal(chunk['reward'], original[start:start + 10])
   assert not list(tmp_path.glob('.*.tmp'))
+
+
+def test_sampling_reaches_every_episode_uniformly_from_disk(tmp_path):
+  episodes = [dict(_episode(12, seed), reward=np.full(12, seed, np.float32))
+              for seed in range(40)]
+  tools.save_episodes(tmp_path, episodes)
+  chunks = tools.load_episodes(tmp_path, 100, length=5, seed=0)
+  counts = np.zeros(40)
+  for _ in range(4000):
+    chunk = next(chunks)
+    (episode,) = set(chunk['reward'].astype(int))
+    counts[episode] += 1
+    start = np.flatnonzero(
+        (episodes[episode]['action'] == chunk['action'][0]).all(1))[0]
+    for key in ('image', 'action'):
+      np.testing.assert_array_equal(
+          chunk[key], episodes[episode][key][start: start + 5])
+  # Uniform over episodes: 100 expected each, binomial std 9.9.
+  assert counts.min() > 60 and counts.max() < 140
+
+
+def test_compressed_episodes_are_rewritten_uncompressed_and_read(tmp_path):
+  # Upstream's (and our earlier) format: np.savez_compressed.
+  episode = _episode(20)
+  filename = tmp_path / '20200101T000000-old-20.npz'
+  np.savez_compressed(filename, **episode)
+  chunk = next(tools.load_episodes(tmp_path, 1, length=20))
+  for key, value in episode.items():
+    np.testing.assert_array_equal(chunk[key], value)
+  with zipfile.ZipFile(filename) as archive:
+    assert {m.compress_type for m in archive.infolist()} == {zipfile.ZIP_STORED}
+  assert tools.count_episodes(tmp_path) == (1, 19)
 
 
 def test_checkpoint_roundtrip_and_incompatible_config(tmp_path):
