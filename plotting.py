@@ -150,7 +150,8 @@ def plot_scores(entries, filename):
       steps, mean, _ = band({r['seed']: list(zip(r['xs'], r['ys']))
                              for r in runs})
       line, = ax.plot(steps, mean, color=color, lw=2,
-                      label=f'{label} ({len(runs)} seeds)')
+                      label=f'{label} ({len(runs)} seed'
+                      f'{"s" if len(runs) > 1 else ""})')
       for run in runs:
         ax.plot(run['xs'], run['ys'], color=line.get_color(), lw=0.8,
                 alpha=0.4)
