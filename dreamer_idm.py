@@ -92,7 +92,11 @@ STARTUP_NOISE = re.compile(
 @contextlib.contextmanager
 def quiet_startup():
   sys.stderr.flush()
-  saved = os.dup(2)
+  try:
+    saved = os.dup(2)
+  except OSError:  # No stderr to filter.
+    yield
+    return
   with tempfile.TemporaryFile() as temp:
     os.dup2(temp.fileno(), 2)
     try:
