@@ -198,23 +198,28 @@ class Dreamer(tools.Module):
   def train_step(self, data):
     metrics = {k: float(v) for k, v in self.train(data).items()}
     self._updates += 1
-    # tools.Adam skipped each group whose gradient norm is not finite.
+    # tools.Adam skipped each group whose gradient norm is not finite; the
+    # groups it applied keep their metrics.
+    for key, value in metrics.items():
+      if np.isfinite(value):
+        self._metrics[key].append(value)
     skipped = [k[:-len('_grad_norm')] for k, v in metrics.items()
                if k.endswith('_grad_norm') and not np.isfinite(v)]
     if skipped:
       self._skip_update(skipped)
-      return
-    self._skipped_in_a_row = 0
-    for key, value in metrics.items():
-      self._metrics[key].append(value)
+    else:
+      self._skipped_in_a_row = 0
 
   def _skip_update(self, groups):
     self._skipped += 1
     self._skipped_in_a_row += 1
     limit = self._c.skip_limit
-    print(f'Warning: update skipped at step {self._step}: non-finite gradient '
-          f'in {", ".join(groups)} ({self._skipped_in_a_row} in a row; the '
-          f'run stops at {limit}).', flush=True)
+    # float16's loss scale overflows now and then by design (the optimizer
+    # then halves it): only a streak is worth a warning there.
+    if self._float != 'float16' or self._skipped_in_a_row >= 10:
+      print(f'Warning: update skipped at step {self._step}: non-finite '
+            f'gradient in {", ".join(groups)} ({self._skipped_in_a_row} in a '
+            f'row; the run stops at {limit}).', flush=True)
     if self._skipped_in_a_row >= limit:
       raise tools.NonFiniteError(
           f'{limit} updates in a row had a non-finite gradient '

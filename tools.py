@@ -302,7 +302,14 @@ def episode_index(filename):
         return None
       with io.BytesIO() as f:
         np.savez(f, **episode)
-        atomic_write(filename, f.getvalue())
+        try:
+          atomic_write(filename, f.getvalue())
+        except OSError as e:
+          warnings.warn(
+              f'Skipping episode {filename}: it is compressed and could not '
+              f'be rewritten uncompressed ({e}); make its folder writable.',
+              stacklevel=2)
+          return None
     with zipfile.ZipFile(filename) as archive:
       members = archive.infolist()
     index = {}
