@@ -387,7 +387,24 @@ def load_episodes(directory, rescan, length=None, balance=False, seed=0):
         else:
           start = int(random.randint(0, available + 1))
         windows.append((filename, index, start, length))
-      yield from pool.map(lambda window: read_window(*window), windows)
+      for window, chunk in zip(windows, pool.map(_try_read_window, windows)):
+        filename = window[0]
+        if filename in broken:
+          continue
+        if isinstance(chunk, Exception):
+          # Deleted or cut short since it was indexed: drop it, go on.
+          _corrupt(filename, chunk)
+          del indices[filename]
+          broken.add(filename)
+          continue
+        yield chunk
+
+
+def _try_read_window(window):
+  try:
+    return read_window(*window)
+  except (OSError, ValueError) as e:
+    return e
 
 
 def _rows(index):

@@ -151,6 +151,21 @@ def test_sampling_reaches_every_episode_uniformly_from_disk(tmp_path):
   assert counts.min() > 60 and counts.max() < 140
 
 
+def test_an_episode_deleted_mid_run_is_dropped_not_fatal(tmp_path):
+  gone, kept = tools.save_episodes(
+      tmp_path, [dict(_episode(12, s), reward=np.full(12, s, np.float32))
+                 for s in (0, 1)])
+  chunks = tools.load_episodes(tmp_path, 50, length=5, seed=0)
+  for _ in range(50):  # Both indexed; this round's reads are done.
+    next(chunks)
+  gone.unlink()
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    rewards = {int(next(chunks)['reward'][0]) for _ in range(100)}
+  assert rewards == {1}
+  assert len(caught) == 1 and gone.name in str(caught[0].message)
+
+
 def test_compressed_episodes_are_rewritten_uncompressed_and_read(tmp_path):
   # Upstream's (and our earlier) format: np.savez_compressed.
   episode = _episode(20)
