@@ -632,8 +632,14 @@ def summarize_episode(episode, config, datadir, writer, logger, prefix):
       tools.video_summary(f'sim/{prefix}/video', episode['image'][None], step)
 
 
+def perturbed(config):
+  """Whether any test-time perturbation is on (eval_dynamic alone is not)."""
+  return any(config[f'eval_{key}'] for key in wrappers.PERTURBATIONS
+             if key != 'dynamic')
+
+
 def make_env(config, writer, logger, prefix, datadir, store, index=0):
-  # Only the test_perturbed envs see eval_rotation, eval_noise_std, eval_shift.
+  # Only the test_perturbed envs see the eval_* perturbations.
   # Both test envs share a seed: plain and perturbed episodes start alike.
   env = wrappers.make_async_env(
       config, f'{prefix} env', test=(prefix == 'test_perturbed'),
@@ -685,6 +691,10 @@ def check_config(config):
   for key in ('eval_rotation', 'eval_noise_std', 'eval_shift'):
     if config[key] < 0:
       raise tools.ConfigError(f'--{key} must be 0 (off) or more, got {config[key]}.')
+  for key in ('eval_color', 'eval_camera'):
+    if not 0 <= config[key] <= 1:
+      raise tools.ConfigError(
+          f'--{key} must be a level in [0, 1] (0 = off), got {config[key]}.')
   for key in ('envs', 'batch_size', 'batch_length', 'action_repeat'):
     if config[key] < 1:
       raise tools.ConfigError(f'--{key} must be at least 1, got {config[key]}.')
@@ -749,7 +759,7 @@ def main(config):
   # With a test-time perturbation, every evaluation runs a plain episode
   # (test/return, as upstream) and a perturbed one (test_perturbed/return).
   prefixes = ['test']
-  if config.eval_rotation or config.eval_noise_std or config.eval_shift:
+  if perturbed(config):
     prefixes.append('test_perturbed')
   train_envs, test_envs = [], {prefix: [] for prefix in prefixes}
   try:

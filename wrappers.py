@@ -78,6 +78,14 @@ class DeepMindControl:
       obs['image'] = self.render()
     return obs
 
+  @property
+  def physics(self):
+    return self._env.physics
+
+  @property
+  def camera(self):
+    return self._camera
+
   def render(self):
     return self._env.physics.render(*self._size, camera_id=self._camera)
 
@@ -271,6 +279,114 @@ class PerturbImage(Wrapper):
     return obs
 
 
+class PerturbScene(Wrapper):
+  """Test-time scene perturbations of the Distracting Control Suite (Stone et
+  al. 2021), at a level in [0, 1] (its easy, medium, hard are 0.1, 0.2, 0.3):
+
+  - color: the RGB of every material and geom moved by up to `color` (on the
+    [0, 1] scale), clipped to [0, 1];
+  - camera: the rendering camera turned about the point it looks at by up to
+    90 * `camera` degrees of yaw, pitch (the camera stays between level with
+    that point and straight above it) and roll, and its distance scaled by
+    1 - 0.5 * `camera` .. 1 + 1.5 * `camera`.
+
+  Offsets are drawn uniformly at each reset and kept for the episode; with
+  `dynamic` they also drift at every agent step by a Gaussian step of 3% of
+  their range, clipped to it (the suite's colour rule, used for both). Wraps
+  DeepMindControl directly, so it acts before ActionRepeat renders. The model
+  keeps its original colours outside the offsets and physics never sees the
+  camera: it is moved for rendering only."""
+
+  def __init__(self, env, color=0.0, camera=0.0, dynamic=False, seed=None):
+    super().__init__(env)
+    self._random = np.random.RandomState(seed)
+    self._dynamic = dynamic
+    model = env.physics.model
+    self._original = dict(mat=model.mat_rgba[:, :3].copy(),
+                          geom=model.geom_rgba[:, :3].copy())
+    angle = np.pi / 2 * camera
+    self._bounds = dict(
+        color=(-color, color), yaw=(-angle, angle), pitch=(-angle, angle),
+        roll=(-angle, angle), zoom=(1 - 0.5 * camera, 1 + 1.5 * camera))
+    self.offsets = None
+
+  def step(self, action, render=True):
+    obs, reward, done, info = self._env.step(action, render=False)
+    if render:
+      if self._dynamic:
+        self._drift()
+      obs['image'] = self.render()
+    return obs, reward, done, info
+
+  def reset(self):
+    obs = self._env.reset()
+    self.offsets = {key: self._draw(key) for key in self._bounds}
+    self._apply_colors()
+    obs['image'] = self.render()
+    return obs
+
+  def render(self):
+    # The camera is moved for this frame only; physics recomputes it anyway.
+    data = self.physics.data
+    camera = self.camera
+    saved = data.cam_xpos[camera].copy(), data.cam_xmat[camera].copy()
+    data.cam_xpos[camera], data.cam_xmat[camera] = self.camera_pose()
+    try:
+      return self._env.render()
+    finally:
+      data.cam_xpos[camera], data.cam_xmat[camera] = saved
+
+  def camera_pose(self, offsets=None):
+    """Position and flattened orientation the camera renders from now, or
+    with the given offsets (yaw, pitch, roll in radians; zoom a factor)."""
+    offsets = offsets or self.offsets
+    data = self.physics.data
+    position = data.cam_xpos[self.camera].copy()
+    matrix = data.cam_xmat[self.camera].reshape(3, 3).copy()
+    if offsets is None:
+      return position, matrix.flatten()
+    from scipy.spatial.transform import Rotation
+    # The pivot: the point on the view axis (MuJoCo cameras look along -z)
+    # as far away as the agent's root body.
+    distance = np.linalg.norm(position - data.subtree_com[1])
+    pivot = position - distance * matrix[:, 2]
+    offset = position - pivot
+    # Pitch about the camera's horizontal axis, signed so that + raises it.
+    axis = matrix[:, 0] * (1.0 if np.cross(matrix[:, 0], offset)[2] >= 0
+                           else -1.0)
+    elevation = np.arcsin(np.clip(offset[2] / distance, -1, 1))
+    pitch = np.clip(offsets['pitch'], min(0, -elevation),
+                    max(0, np.pi / 2 - elevation))
+    turn = (Rotation.from_rotvec([0, 0, offsets['yaw']]) *
+            Rotation.from_rotvec(pitch * axis)).as_matrix()
+    roll = Rotation.from_rotvec([0, 0, offsets['roll']]).as_matrix()
+    # Written as a change to the pose so that zero offsets keep it exactly.
+    position = position + (offsets['zoom'] * turn @ offset - offset)
+    return position, (turn @ matrix @ roll).flatten()
+
+  def _draw(self, key):
+    low, high = self._bounds[key]
+    shape = ((len(self._original['mat']) + len(self._original['geom']), 3)
+             if key == 'color' else None)
+    return self._random.uniform(low, high, shape)
+
+  def _drift(self):
+    for key, (low, high) in self._bounds.items():
+      step = self._random.normal(
+          0, 0.03 * (high - low) / 2, np.shape(self.offsets[key]) or None)
+      self.offsets[key] = np.clip(self.offsets[key] + step, low, high)
+    self._apply_colors()
+
+  def _apply_colors(self):
+    model = self.physics.model
+    count = len(self._original['mat'])
+    delta = self.offsets['color']
+    model.mat_rgba[:, :3] = np.clip(
+        self._original['mat'] + delta[:count], 0, 1)
+    model.geom_rgba[:, :3] = np.clip(
+        self._original['geom'] + delta[count:], 0, 1)
+
+
 def rotate(image, angle):
   """Rotates an HxWxC image about its center, same size, black border."""
   from scipy import ndimage
@@ -281,19 +397,29 @@ def rotate(image, angle):
 def make_env(
     task, action_repeat, time_limit, size=(64, 64), perturb=None, seed=None):
   """Builds a rendering environment; runs inside an Async worker. `perturb`
-  holds PerturbImage's settings, for test environments only."""
+  holds PerturbScene's and PerturbImage's settings, for test environments
+  only."""
   suite, name = task.split('_', 1) if '_' in task else (task, '')
   if suite != 'dmc':
     raise ValueError(
         f'Unknown task {task}: only DeepMind Control tasks dmc_<domain>_<task> '
         f'are supported (e.g. dmc_walker_walk).')
+  perturb = perturb or {}
+  scene = {k: perturb.get(k, 0) for k in ('color', 'camera', 'dynamic')}
+  image = {k: perturb.get(k, 0) for k in ('rotation', 'noise_std', 'shift')}
   env = DeepMindControl(name, size, seed=seed)
+  if scene['color'] or scene['camera']:
+    env = PerturbScene(env, **scene, seed=seed)
   env = ActionRepeat(env, action_repeat)
   env = NormalizeActions(env)
   env = TimeLimit(env, time_limit / action_repeat)
-  if perturb and any(perturb.values()):
-    env = PerturbImage(env, **perturb, seed=seed)
+  if any(image.values()):
+    env = PerturbImage(env, **image, seed=seed)
   return env
+
+
+# Test-time perturbations, each the suffix of an eval_* config key.
+PERTURBATIONS = ('rotation', 'noise_std', 'shift', 'color', 'camera', 'dynamic')
 
 
 class EnvError(RuntimeError):
@@ -441,9 +567,7 @@ def _worker(ctor, conn):
 
 def make_async_env(config, name, parallel=None, test=False, seed=None):
   # Perturbations apply to test environments only; training images never.
-  perturb = dict(
-      rotation=config.eval_rotation, noise_std=config.eval_noise_std,
-      shift=config.eval_shift) if test else None
+  perturb = {key: config[f'eval_{key}'] for key in PERTURBATIONS} if test else None
   ctor = functools.partial(
       make_env, config.task, config.action_repeat, config.time_limit,
       perturb=perturb, seed=seed)

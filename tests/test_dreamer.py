@@ -67,6 +67,8 @@ def test_presets_always_apply_over_the_defaults():
 @pytest.mark.parametrize('overrides, message', [
     (['--horizon', '1'], '--horizon must be at least 2'),
     (['--eval_rotation', '-5'], '--eval_rotation must be 0'),
+    (['--eval_color', '1.5'], r'--eval_color must be a level in \[0, 1\]'),
+    (['--eval_camera', '-0.1'], r'--eval_camera must be a level in \[0, 1\]'),
     (['--expl', 'epsilon_greedy'], '--expl must be one of'),
     (['--jit', 'yes'], '--jit must be one of auto, on, off'),
     (['--action_repeat', '0'], '--action_repeat must be at least 1'),

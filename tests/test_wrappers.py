@@ -11,7 +11,8 @@ import wrappers
 def _config(**kwargs):
   config = dict(
       task='dmc_walker_walk', action_repeat=2, time_limit=20, parallel='none',
-      eval_rotation=0.0, eval_noise_std=0.0, eval_shift=0)
+      eval_rotation=0.0, eval_noise_std=0.0, eval_shift=0, eval_color=0.0,
+      eval_camera=0.0, eval_dynamic=False)
   config.update(kwargs)
   return tools.AttrDict(config)
 
@@ -217,3 +218,131 @@ def test_action_repeat_renders_only_the_observation_it_returns():
   obs, reward, done, _ = wrappers.ActionRepeat(env, 3).step(0)
   assert (env.steps, env.renders, reward, done) == (2, 1, 2.0, True)
   assert obs['image'][0, 0, 0] == 2
+
+
+def _without_tensorflow(code):
+  """Runs code in a fresh interpreter: rendering cannot share a process with
+  TensorFlow, which the test process has loaded."""
+  import subprocess
+  import sys
+  import textwrap
+  result = subprocess.run(
+      [sys.executable, '-c', textwrap.dedent(code)], capture_output=True,
+      text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+      env=dict(os.environ, MUJOCO_GL=os.environ.get('MUJOCO_GL', 'egl')))
+  assert result.returncode == 0, result.stderr
+
+
+def test_scene_perturbations_at_zero_render_identical_frames():
+  # The wrapper at level 0 against the plain environment, frame by frame.
+  _without_tensorflow('''
+      import numpy as np
+      import wrappers
+      def frames(env):
+        images = [env.reset()['image']]
+        for _ in range(8):
+          images.append(env.step(np.full(6, 0.5), render=True)[0]['image'])
+        return np.array(images)
+      plain = frames(wrappers.DeepMindControl('walker_walk', seed=3))
+      for dynamic in (False, True):
+        env = wrappers.PerturbScene(
+            wrappers.DeepMindControl('walker_walk', seed=3), color=0.0,
+            camera=0.0, dynamic=dynamic, seed=1)
+        zero = frames(env)
+        assert zero.tobytes() == plain.tobytes(), dynamic
+      # Level 0.3: visibly different frames; static colours stay within the
+      # level of the originals and are drawn anew at each reset.
+      env = wrappers.PerturbScene(
+          wrappers.DeepMindControl('walker_walk', seed=3), color=0.3, seed=1)
+      model = env.physics.model
+      original = model.mat_rgba[:, :3].copy()
+      colored = frames(env)
+      assert np.abs(colored.astype(int) - plain).mean() > 5
+      first = model.mat_rgba[:, :3].copy()
+      assert 0 < np.abs(first - original).max() <= 0.3 + 1e-6
+      env.step(np.zeros(6))
+      np.testing.assert_array_equal(model.mat_rgba[:, :3], first)
+      env.reset()
+      assert np.abs(model.mat_rgba[:, :3] - first).max() > 0.05
+      assert np.abs(model.mat_rgba[:, :3] - original).max() <= 0.3 + 1e-6
+      assert (model.mat_rgba[:, 3] == env.physics.model.mat_rgba[:, 3]).all()
+  ''')
+
+
+def test_camera_levels_move_the_pose_by_the_stated_amounts():
+  config = _config(eval_camera=0.3)
+  env = wrappers.make_async_env(config, 'env', test=True, seed=0)
+  bound = np.pi / 2 * 0.3
+  zero = dict(yaw=0.0, pitch=0.0, roll=0.0, zoom=1.0)
+  try:
+    draws = []
+    for _ in range(12):
+      env.reset()
+      offsets = env.access('offsets')
+      base, base_matrix = env.call('camera_pose', zero)
+      position, matrix = env.call('camera_pose')
+      base_matrix, matrix = base_matrix.reshape(3, 3), matrix.reshape(3, 3)
+      # The pivot: where the original and the moved view axes (-z) meet.
+      forward, new_forward = -base_matrix[:, 2], -matrix[:, 2]
+      (along, back), *_ = np.linalg.lstsq(
+          np.stack([forward, -new_forward], 1), position - base, rcond=None)
+      pivot = base + along * forward
+      miss = np.linalg.norm(position + back * new_forward - pivot)
+      assert miss < 1e-3  # Still looking at the same point.
+      before, after = base - pivot, position - pivot
+      zoom = np.linalg.norm(after) / np.linalg.norm(before)
+      yaw = np.arctan2(after[1], after[0]) - np.arctan2(before[1], before[0])
+      elevation = lambda v: np.arcsin(v[2] / np.linalg.norm(v))  # noqa: E731
+      pitch = elevation(after) - elevation(before)
+      level = np.cross(new_forward, [0, 0, 1])
+      level /= np.linalg.norm(level)
+      roll = np.arctan2(np.dot(np.cross(level, matrix[:, 0]), new_forward),
+                        np.dot(level, matrix[:, 0]))
+      assert abs(zoom - offsets['zoom']) < 1e-3
+      assert 1 - 0.15 <= zoom <= 1 + 0.45
+      assert abs((yaw - offsets['yaw'] + np.pi) % (2 * np.pi) - np.pi) < 1e-3
+      assert abs(yaw) <= bound + 1e-6 and abs(pitch) <= bound + 1e-6
+      assert elevation(after) >= -1e-6  # Never below the point it looks at.
+      assert abs(abs(roll) - abs(offsets['roll'])) < 1e-6
+      draws.append((abs(yaw), abs(pitch), abs(roll), zoom))
+    draws = np.array(draws)
+    # The draws use the range: each offset comes near its bound.
+    assert draws[:, 0].max() > 0.6 * bound and draws[:, 2].max() > 0.6 * bound
+    assert draws[:, 3].max() > 1.25 and draws[:, 3].min() < 0.95
+    # Static: the same offsets all episode; dynamic drifts within the bounds.
+    env.step(np.zeros(6, np.float32))
+    np.testing.assert_array_equal(env.access('offsets')['yaw'], offsets['yaw'])
+  finally:
+    env.close()
+  env = wrappers.make_async_env(
+      _config(eval_camera=0.3, eval_dynamic=True), 'env', test=True, seed=0)
+  try:
+    env.reset()
+    yaws = [env.access('offsets')['yaw']]
+    for _ in range(9):
+      env.step(np.zeros(6, np.float32))
+      yaws.append(env.access('offsets')['yaw'])
+    assert len(set(yaws)) == 10 and max(np.abs(yaws)) <= bound
+    # A step of 3% of the range: small next to the range.
+    assert np.abs(np.diff(yaws)).max() < 0.15 * bound
+  finally:
+    env.close()
+
+
+def test_training_frames_are_untouched_by_a_perturbed_test_episode():
+  config = _config(eval_color=0.3, eval_camera=0.3, eval_dynamic=True)
+  train = wrappers.make_async_env(config, 'train env', seed=0)
+  test = wrappers.make_async_env(config, 'test env', test=True, seed=0)
+  try:
+    before = train.reset()['image']
+    test_frames = [test.reset()['image']]
+    for _ in range(9):
+      test_frames.append(test.step(np.zeros(6, np.float32))[0]['image'])
+    after = train.call('render')
+    np.testing.assert_array_equal(before, after)
+    # The test episode did run perturbed: its first frame is not the
+    # training env's (same seed, same initial state).
+    assert np.abs(test_frames[0].astype(int) - before).mean() > 5
+  finally:
+    train.close()
+    test.close()
