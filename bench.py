@@ -6,6 +6,7 @@ against the speed targets and prints one JSON object.
   python bench.py --configs defaults dmc idm   # IDM beside Dreamer
   python bench.py --configs defaults debug --updates 5
   python bench.py --precision bf16 --jit on    # any setting, as in training
+  python bench.py --perturb --env_steps 500    # test-time perturbation cost
 
 Each agent is measured in a fresh spawned process, so that its first update
 includes the whole build and trace and its peak memory is its own. The
@@ -46,10 +47,11 @@ def fake_episodes(directory, config, actdim, count=4):
   tools.save_episodes(directory, episodes)
 
 
-def measure_env(config, steps, policy=None):
+def measure_env(config, steps, policy=None, test=False):
   """Env steps per second with random actions, or with `policy(obs, state)`
-  choosing them (collection as in training, without the updates)."""
-  env = wrappers.make_async_env(config, 'bench env')
+  choosing them (collection as in training, without the updates); `test`
+  applies the config's test-time perturbations."""
+  env = wrappers.make_async_env(config, 'bench env', test=test, seed=0)
   try:
     space = env.action_space
     random = np.random.RandomState(0)
@@ -67,6 +69,28 @@ def measure_env(config, steps, policy=None):
   finally:
     env.close()
   return steps * config.action_repeat / duration
+
+
+def perturb_bench(config, steps, level=0.3, rounds=3):
+  """Wall time of a test episode's environment (random actions) under each
+  suite perturbation at `level` against none: the overhead the perturbations
+  add. Rounds alternate the cells so that machine noise hits all alike."""
+  import evaluate
+  cells = [('none', {})] + [
+      (kind, evaluate.SUITE[kind](level)) for kind in evaluate.SUITE] + [
+      (f'{kind} dynamic', dict(evaluate.SUITE[kind](level), dynamic=True))
+      for kind in ('color', 'camera')]
+  seconds = {name: [] for name, _ in cells}
+  episode = config.time_limit
+  for _ in range(rounds):
+    for name, settings in cells:
+      settings = {f'eval_{k}': v for k, v in settings.items()}
+      rate = measure_env(tools.AttrDict(config, **settings), steps, test=True)
+      seconds[name].append(episode / rate)
+  result = {name: float(np.median(s)) for name, s in seconds.items()}
+  base = result['none']
+  return dict(level=level, episode_env_steps=episode, seconds=result,
+              overhead={k: v / base - 1 for k, v in result.items()})
 
 
 IDM_OFF = dict(constraint=False, derived_copies=0, evaluator=False)
@@ -303,7 +327,19 @@ def main(argv):
   parser.add_argument(
       '--replay', metavar='DIR', help='measure the replay instead, with '
       'synthetic episodes in DIR (6.2 GB of disk)')
+  parser.add_argument(
+      '--perturb', action='store_true', help='measure what the test-time '
+      'perturbations add to a test episode\'s environment time instead')
   args, rest = parser.parse_known_args(argv)
+  if args.perturb:
+    config = dreamer_idm.parse_args(['--configs', *args.configs, *rest])
+    result = perturb_bench(config, args.env_steps)
+    for name, seconds in result['seconds'].items():
+      print(f'info  {name:15s} {seconds:5.2f} s per {result["episode_env_steps"]}'
+            f'-step test episode ({100 * result["overhead"][name]:+.1f}%)',
+            file=sys.stderr)
+    print(json.dumps(result), flush=True)
+    return
   if args.replay:
     result = replay_bench(args.replay)
     for name in ('1m', '5m'):

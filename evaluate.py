@@ -3,6 +3,14 @@ without perturbation and with each perturbation asked for. Writes
 <logdir>/eval_<step>.json and prints a summary.
 
   python evaluate.py --logdir logdir/walker_walk/idm --episodes 10 --rotation 5
+
+With --suite, the robustness suite: every perturbation kind at each level in
+[0, 1] (default the Distracting Control Suite's 0.1, 0.2, 0.3) and none, N
+episodes per cell, all cells from the same initial states. Writes
+robustness_<step>.json (every episode's return), .md (mean and 95% CI) and
+.png; a suite that was cut off resumes without rerunning finished cells.
+
+  python evaluate.py --logdir logdir/walker_walk/idm --suite --episodes 10
 """
 
 import argparse
@@ -10,12 +18,29 @@ import functools
 import json
 import pathlib
 import sys
+import time
 
 import numpy as np
 
 import dreamer_idm
 import tools
 import wrappers
+
+# The suite's kinds: the test-time settings (eval_* keys without the prefix)
+# of each at a level in [0, 1], where 1 is extreme for every kind.
+SUITE = {
+    # Degrees, the same range as the camera's roll.
+    'rotation': lambda level: dict(rotation=90.0 * level),
+    # 0-255 units: half the pixel range at level 1.
+    'noise': lambda level: dict(noise_std=127.5 * level),
+    # Pixels: up to half of the 64-pixel frame at level 1.
+    'shift': lambda level: dict(shift=int(round(32 * level))),
+    # Distracting Control Suite: colour and camera pose.
+    'color': lambda level: dict(color=level),
+    'camera': lambda level: dict(camera=level),
+}
+NONE = dict(rotation=0.0, noise_std=0.0, shift=0, color=0.0, camera=0.0,
+            dynamic=False)
 
 
 def load_agent(logdir):
@@ -39,32 +64,153 @@ def load_agent(logdir):
   return agent, config, checkpoint
 
 
+def run_episodes(agent, config, perturb, episodes, callback=None):
+  """Returns of N test episodes under one perturbation, from the initial
+  states of the run's test environment (the same for every perturbation)."""
+  settings = dict(config, **{f'eval_{k}': v for k, v in perturb.items()})
+  returns = []
+  def record(episode):
+    returns.append(float(episode['reward'].sum()))
+    if callback:
+      callback(returns)
+  env = wrappers.Collect(wrappers.make_async_env(
+      tools.AttrDict(settings), 'eval env', test=True,
+      seed=config.seed * 1000 + 500), [record])
+  try:
+    tools.simulate(functools.partial(agent.act, training=False), [env],
+                   episodes=episodes)
+  finally:
+    env.close()
+  return returns
+
+
 def evaluate(logdir, episodes, perturbations):
   agent, config, checkpoint = load_agent(logdir)
-  logdir = config.logdir
   results = []
   for perturb in perturbations:
-    settings = dict(config, eval_rotation=perturb['rotation'],
-                    eval_noise_std=perturb['noise_std'],
-                    eval_shift=perturb['shift'])
-    returns = []
-    env = wrappers.Collect(wrappers.make_async_env(
-        tools.AttrDict(settings), 'eval env', test=True, seed=config.seed),
-        [lambda ep: returns.append(float(ep['reward'].sum()))])
-    try:
-      tools.simulate(functools.partial(agent.act, training=False), [env],
-                     episodes=episodes)
-    finally:
-      env.close()
+    returns = run_episodes(agent, config, perturb, episodes)
     results.append(dict(
         perturbation=perturb, returns=returns, mean=float(np.mean(returns)),
         std=float(np.std(returns))))
   report = dict(
-      logdir=str(logdir), task=config.task, step=checkpoint['step'],
+      logdir=str(config.logdir), task=config.task, step=checkpoint['step'],
       episodes=episodes, results=results)
-  filename = logdir / f'eval_{checkpoint["step"]}.json'
+  filename = config.logdir / f'eval_{checkpoint["step"]}.json'
   tools.atomic_write(filename, json.dumps(report, indent=1).encode('utf-8'))
   return report, filename
+
+
+def check_suite(kinds, levels, episodes):
+  """One clear line for each kind of bad input."""
+  for kind in kinds:
+    if kind not in SUITE:
+      raise tools.ConfigError(
+          f'Unknown perturbation kind {kind!r}; choose from '
+          f'{", ".join(SUITE)}.')
+  for level in levels:
+    if not 0 < level <= 1:
+      raise tools.ConfigError(
+          f'--levels must lie in (0, 1] (none is always run), got {level}.')
+  if episodes < 1:
+    raise tools.ConfigError(f'--episodes must be at least 1, got {episodes}.')
+
+
+def suite_cells(kinds, levels, dynamic):
+  """(kind, level, settings) of every cell, none first."""
+  cells = [('none', 0.0, dict(NONE))]
+  for kind in kinds:
+    for level in levels:
+      cells.append((kind, level, dict(NONE, dynamic=dynamic and kind in (
+          'color', 'camera'), **SUITE[kind](level))))
+  return cells
+
+
+def suite(logdir, episodes, kinds, levels, dynamic, log=print):
+  check_suite(kinds, levels, episodes)
+  agent, config, checkpoint = load_agent(logdir)
+  step = checkpoint['step']
+  name = f'robustness_{step}{"_dynamic" if dynamic else ""}'
+  filename = config.logdir / f'{name}.json'
+  report = dict(logdir=str(config.logdir), task=config.task, step=step,
+                episodes=episodes, dynamic=dynamic, policy='mode', cells=[])
+  if filename.exists():
+    report = json.loads(filename.read_text())
+    if report['episodes'] != episodes:
+      raise tools.ConfigError(
+          f'{filename} holds a suite of {report["episodes"]} episodes per '
+          f'cell; pass --episodes {report["episodes"]} to resume it, or move '
+          f'the file to start anew.')
+  done = {(c['kind'], c['level']) for c in report['cells']}
+  todo = [c for c in suite_cells(kinds, levels, dynamic)
+          if (c[0], c[1]) not in done]
+  if done:
+    log(f'Resuming {filename.name}: {len(done)} cells done, '
+        f'{len(todo)} to run.')
+  total, start = len(todo) * episodes, time.time()
+  for index, (kind, level, settings) in enumerate(todo):
+    def progress(returns):
+      finished = index * episodes + len(returns)
+      rate = (time.time() - start) / finished
+      log(f'[cell {index + 1}/{len(todo)} {kind} {level:g}] episode '
+          f'{len(returns)}/{episodes} return {returns[-1]:.1f} | '
+          f'{finished}/{total} episodes | {rate:.1f} s/episode | ETA '
+          f'{tools.format_duration(rate * (total - finished))}')
+    returns = run_episodes(agent, config, settings, episodes, progress)
+    report['cells'].append(
+        dict(kind=kind, level=level, settings=settings, returns=returns))
+    # Each finished cell is kept at once: a cut-off suite resumes after it.
+    tools.atomic_write(filename, json.dumps(report, indent=1).encode('utf-8'))
+  import plotting
+  table = robustness_table(report)
+  tools.atomic_write(filename.with_suffix('.md'), table.encode('utf-8'))
+  plotting.plot_robustness(report, filename.with_suffix('.png'))
+  return report, filename, table
+
+
+def interval(returns):
+  """Mean and half-width of its 95% t-interval (None for one episode)."""
+  from scipy import stats
+  returns = np.asarray(returns, float)
+  if len(returns) < 2:
+    return float(returns.mean()), None
+  half = stats.t.ppf(0.975, len(returns) - 1) * stats.sem(returns)
+  return float(returns.mean()), float(half)
+
+
+def robustness_table(report):
+  """Kinds x levels, mean ± 95% CI half-width over episodes, as Markdown."""
+  cells = {(c['kind'], c['level']): c for c in report['cells']}
+  kinds = list(dict.fromkeys(c['kind'] for c in report['cells']
+                             if c['kind'] != 'none'))
+  levels = sorted({c['level'] for c in report['cells'] if c['kind'] != 'none'})
+  def text(cell):
+    if cell is None:
+      return 'not run'
+    mean, half = interval(cell['returns'])
+    return f'{mean:.1f}' if half is None else f'{mean:.1f} ± {half:.1f}'
+  none = text(cells.get(('none', 0.0)))
+  mode = 'dynamic' if report['dynamic'] else 'static'
+  lines = [
+      f'Robustness of {report["task"]} at step {report["step"]}: '
+      f'{report["episodes"]} episodes per cell with the policy\'s mode, '
+      f'{mode} colour and camera; mean ± 95% CI (t) over episodes.', '',
+      '| kind | none | ' + ' | '.join(f'{x:g}' for x in levels) + ' |',
+      '| --- ' * (len(levels) + 2) + '|']
+  for kind in kinds:
+    lines.append(f'| {kind} | {none} | ' + ' | '.join(
+        text(cells.get((kind, x))) for x in levels) + ' |')
+  lines.append('')
+  lines.append('Settings per level: ' + '; '.join(
+      f'{kind} {", ".join(describe(SUITE[kind](x)) for x in levels)}'
+      for kind in kinds) + '.')
+  return '\n'.join(lines) + '\n'
+
+
+def describe(settings):
+  ((key, value),) = settings.items()
+  units = dict(rotation='°', noise_std=' std', shift=' px', color='',
+               camera='')
+  return f'{value:g}{units[key]}'
 
 
 def _action_space(config):
@@ -75,19 +221,41 @@ def _action_space(config):
     env.close()
 
 
+class _Parser(argparse.ArgumentParser):
+
+  def error(self, message):
+    raise tools.ConfigError(f'{message} (see python evaluate.py --help).')
+
+
 def main(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = _Parser(description=__doc__.splitlines()[0])
   parser.add_argument('--logdir', required=True)
   parser.add_argument('--episodes', type=int, default=10)
   parser.add_argument('--rotation', type=float, nargs='*', default=[],
                       help='max angles in degrees, one evaluation each')
   parser.add_argument('--noise_std', type=float, nargs='*', default=[])
   parser.add_argument('--shift', type=int, nargs='*', default=[])
+  parser.add_argument('--suite', action='store_true',
+                      help='run the robustness suite')
+  parser.add_argument('--kinds', nargs='+', default=list(SUITE),
+                      help='with --suite: perturbation kinds')
+  parser.add_argument('--levels', type=float, nargs='+',
+                      default=[0.1, 0.2, 0.3], help='with --suite: levels')
+  parser.add_argument('--dynamic', action='store_true',
+                      help='with --suite: colour and camera drift in episodes')
   args = parser.parse_args(argv)
-  none = dict(rotation=0.0, noise_std=0.0, shift=0)
-  perturbations = [none]
+  if args.suite:
+    _, filename, table = suite(
+        args.logdir, args.episodes, args.kinds, args.levels, args.dynamic)
+    print(table)
+    print(f'Wrote {filename} and its .md and .png.')
+    return
+  if args.episodes < 1:
+    raise tools.ConfigError(
+        f'--episodes must be at least 1, got {args.episodes}.')
+  perturbations = [dict(NONE)]
   for key in ('rotation', 'noise_std', 'shift'):
-    perturbations += [dict(none, **{key: v}) for v in getattr(args, key) if v]
+    perturbations += [dict(NONE, **{key: v}) for v in getattr(args, key) if v]
   report, filename = evaluate(args.logdir, args.episodes, perturbations)
   print(f'{report["task"]} at step {report["step"]}, '
         f'{report["episodes"]} episodes each:')

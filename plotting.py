@@ -164,6 +164,34 @@ def plot_scores(entries, filename):
   return _save(fig, filename)
 
 
+def plot_robustness(report, filename):
+  """A robustness suite: mean return and 95% CI against level, per kind;
+  level 0 is the unperturbed cell."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  import evaluate
+  none = [c for c in report['cells'] if c['kind'] == 'none']
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  kinds = dict.fromkeys(c['kind'] for c in report['cells'] if c['kind'] != 'none')
+  for index, kind in enumerate(kinds):
+    cells = none + sorted((c for c in report['cells'] if c['kind'] == kind),
+                          key=lambda c: c['level'])
+    stats = [evaluate.interval(c['returns']) for c in cells]
+    ax.errorbar([c['level'] for c in cells], [m for m, _ in stats],
+                yerr=[h or 0 for _, h in stats], marker='o', capsize=3,
+                color=f'C{index}', label=kind)
+  mode = 'dynamic' if report['dynamic'] else 'static'
+  ax.set_title(f'{report["task"]} at step {report["step"]} ({mode})',
+               fontsize=10)
+  ax.set_xlabel('perturbation level (0 = none)')
+  ax.set_ylabel(f'test return ({report["episodes"]} episodes, 95% CI)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return _save(fig, filename)
+
+
 # (title, metric keys, log scale) of each diagnostics panel.
 DIAGNOSTICS = (
     ('evaluator P(real)', ('evaluator_real_prob', 'evaluator_fake_prob'),
