@@ -12,6 +12,10 @@ metrics.jsonl), then plot each method's mean and per-seed curves:
   python plotting.py --scores scores/cpu_proxy.json --add RUN --method dreamer --seed 0
   python plotting.py --scores scores/cpu_proxy.json --out docs/cpu_proxy.png
 
+With --root, also performance profiles (fraction of runs above each score,
+with stratified-bootstrap bands) at 100K and 500K steps; tables.py prints the
+matching aggregates (IQM, P(IDM > Dreamer)).
+
 IDM's diagnostics (evaluator, weights, constraint, derived memory) over runs:
 
   python plotting.py --diagnostics RUN [RUN ...] --out docs/diagnostics.png
@@ -164,6 +168,40 @@ def plot_scores(entries, filename):
   return _save(fig, filename)
 
 
+def plot_profiles(runs, presets, target, tolerance, filename, title=''):
+  """Performance profiles (Agarwal et al. 2021): the fraction of runs whose
+  score (return / 1000) at the target step exceeds tau, with its 95%
+  stratified-bootstrap band, per preset."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  taus = np.linspace(0, 1, 101)
+  fig, ax = plt.subplots(figsize=(5.0, 3.6))
+  drawn = False
+  for preset in presets:
+    scores = tables.task_scores(runs, preset, target, tolerance)
+    if not scores:
+      continue
+    value, ci = tables.interval(list(scores.values()), tables.profile(taus))
+    label, color = STYLE.get(preset, (preset, None))
+    line, = ax.plot(taus, value, color=color,
+                    label=f'{label} ({len(scores)} tasks)')
+    if ci is not None:
+      ax.fill_between(taus, ci[0], ci[1], alpha=0.2, color=line.get_color())
+    drawn = True
+  if not drawn:
+    plt.close(fig)
+    return None
+  ax.set_title(f'{title + ", " if title else ""}'
+               f'{target // 1000}K env steps', fontsize=10)
+  ax.set_xlabel('normalized score tau (return / 1000)')
+  ax.set_ylabel('fraction of runs with score > tau')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return _save(fig, filename)
+
+
 def plot_robustness(report, filename):
   """A robustness suite: mean return and 95% CI against level, per kind;
   level 0 is the unperturbed cell."""
@@ -248,6 +286,8 @@ def main(argv):
   parser.add_argument('--task', help='with --add: task, if no config.yaml')
   parser.add_argument('--diagnostics', nargs='+', help='IDM runs to plot')
   parser.add_argument('--out', help='output folder (--root) or PNG file')
+  parser.add_argument('--tolerance', type=int, default=10_000,
+                      help='with --root: as tables.py --tolerance')
   args = parser.parse_args(argv)
   if args.add:
     if not args.scores or args.method is None or args.seed is None:
@@ -293,6 +333,10 @@ def main(argv):
     written.append(plot(
         runs, ABLATIONS, paper[paper_key], out / f'ablations_{table}.png',
         'ablations, ' + title))
+    for label, target in tables.TARGETS.items():
+      written.append(plot_profiles(
+          runs, ABLATIONS, target, args.tolerance,
+          out / f'profiles_{table}_{label}.png', title))
   for filename in filter(None, written):
     print(f'Wrote {filename}.')
   return 0

@@ -83,6 +83,132 @@ def score(runs, task, preset, target, tolerance):
   return float(np.mean(values)), float(np.std(values)), len(values), steps
 
 
+# Aggregate statistics over tasks and seeds (Agarwal et al. 2021, "Deep RL at
+# the edge of the statistical precipice"). rliable 1.2.0 installs but does not
+# import beside pandas 3 (its arch dependency fails), so SciPy's bootstrap,
+# which resamples each sample on its own: one sample per task makes it the
+# same stratified bootstrap. Scores are returns / 1000, DMC's maximum.
+MAX_RETURN = 1000.0
+
+
+def iqm(*tasks, axis=-1):
+  """Interquartile mean of all runs of all tasks: the mean of the middle 50%
+  (25% cut at each end, as scipy.stats.trim_mean and rliable)."""
+  from scipy import stats
+  return stats.trim_mean(np.concatenate(tasks, axis=axis), 0.25, axis=axis)
+
+
+def mean(*tasks, axis=-1):
+  return np.mean(np.concatenate(tasks, axis=axis), axis=axis)
+
+
+def improvement(*tasks, axis=-1):
+  """P(X > Y), ties counting half, averaged over tasks: the first half of
+  `tasks` are X's runs per task, the second half Y's, in the same order."""
+  assert axis == -1
+  half = len(tasks) // 2
+  per_task = []
+  for x, y in zip(tasks[:half], tasks[half:]):
+    x, y = x[..., :, None], y[..., None, :]
+    per_task.append(np.mean((x > y) + 0.5 * (x == y), axis=(-2, -1)))
+  return np.mean(per_task, axis=0)
+
+
+def profile(taus):
+  """Performance profile at thresholds `taus`: the fraction of runs scoring
+  above each, averaged over tasks (each task weighs the same)."""
+  taus = np.asarray(taus)
+  def statistic(*tasks, axis=-1):
+    assert axis == -1
+    fractions = np.mean(
+        [np.mean(x[..., :, None] > taus, axis=-2) for x in tasks], axis=0)
+    return np.moveaxis(fractions, -1, 0)  # Thresholds first, as bootstrap asks.
+  return statistic
+
+
+def interval(tasks, statistic, reps=2000, seed=0):
+  """The statistic and its 95% stratified-bootstrap percentile interval over
+  a list of per-task run arrays; no interval (None) when a task has a
+  single run, which a bootstrap cannot resample."""
+  tasks = [np.asarray(t, float) for t in tasks]
+  value = statistic(*tasks)
+  if min(len(t) for t in tasks) < 2:
+    return value, None
+  from scipy import stats
+  result = stats.bootstrap(
+      tasks, statistic, n_resamples=reps, paired=False, vectorized=True,
+      method='percentile', random_state=seed)
+  low, high = result.confidence_interval
+  return value, (low, high)
+
+
+def task_scores(runs, preset, target, tolerance, tasks=TASKS):
+  """{task: normalized scores over seeds} at the target step."""
+  scores = {}
+  for task in tasks:
+    points = [value_at(c, target, tolerance)
+              for c in runs.get((task, preset), {}).values()]
+    values = [p[1] / MAX_RETURN for p in points if p is not None]
+    if values:
+      scores[task] = np.array(values)
+  return scores
+
+
+def aggregates(runs, presets, target, tolerance):
+  """Per preset: IQM and mean with intervals over its tasks and seeds; and
+  P(IDM > Dreamer) over the tasks both have."""
+  rows = {}
+  for preset in presets:
+    scores = task_scores(runs, preset, target, tolerance)
+    if scores:
+      rows[preset] = dict(
+          tasks=len(scores), runs=sum(len(s) for s in scores.values()),
+          iqm=interval(list(scores.values()), iqm),
+          mean=interval(list(scores.values()), mean))
+  idm = task_scores(runs, 'idm', target, tolerance)
+  dreamer = task_scores(runs, 'dreamer', target, tolerance)
+  common = [t for t in idm if t in dreamer]
+  pair = None
+  if common:
+    pair = dict(tasks=len(common), value=interval(
+        [idm[t] for t in common] + [dreamer[t] for t in common], improvement))
+  return rows, pair
+
+
+def _estimate(value, ci, digits=3):
+  if ci is None:
+    return f'{value:.{digits}f} (no CI: 1 seed)'
+  return f'{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]'
+
+
+def aggregate_markdown(root, tolerance):
+  """The aggregate table of each paper table and target, as Markdown."""
+  lines = ['### Aggregates over tasks and seeds (Agarwal et al. 2021)\n',
+           'Scores are returns / 1000. IQM: mean of the middle 50% of all '
+           'runs; brackets: 95% stratified-bootstrap percentile interval '
+           '(2,000 resamples, seeds resampled within each task).\n']
+  for _, metric, title in TABLES.values():
+    runs = load_runs(root, metric)
+    presets = list(dict.fromkeys(
+        [p for p in PRESETS if any(k[1] == p for k in runs)] +
+        sorted({k[1] for k in runs})))
+    for label, target in TARGETS.items():
+      rows, pair = aggregates(runs, presets, target, tolerance)
+      if not rows:
+        continue
+      lines.append(f'{title.split(":")[0]}, {label.upper()} env steps\n')
+      lines.append('| method | tasks | runs | IQM | mean |')
+      lines.append('| --- | --- | --- | --- | --- |')
+      for preset, row in rows.items():
+        lines.append(f'| {preset} | {row["tasks"]} | {row["runs"]} | '
+                     f'{_estimate(*row["iqm"])} | {_estimate(*row["mean"])} |')
+      if pair:
+        lines.append(f'\nP(IDM > Dreamer) over {pair["tasks"]} tasks: '
+                     f'{_estimate(*pair["value"], digits=2)}.')
+      lines.append('')
+  return '\n'.join(lines) + '\n'
+
+
 def build(root, tolerance, paper=None):
   paper = paper or json.loads(PAPER.read_text())
   rows = []
@@ -164,7 +290,7 @@ def main(argv):
           f'sweep.py or your runs wrote to.', file=sys.stderr)
     return 2
   rows = build(args.root, args.tolerance)
-  text = markdown(rows)
+  text = markdown(rows) + '\n' + aggregate_markdown(args.root, args.tolerance)
   print(text)
   if args.out:
     import tools

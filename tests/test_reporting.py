@@ -75,6 +75,49 @@ def test_tables_take_the_nearest_evaluation_and_never_guess(root):
   assert len(parsed) == len(rows)
 
 
+def test_iqm_and_its_stratified_interval_equal_a_hand_computation():
+  # Two tasks, two runs each. Pooled: .2 .4 .6 1.0, IQM = (.4 + .6) / 2.
+  tasks = [np.array([0.2, 0.6]), np.array([0.4, 1.0])]
+  value, (low, high) = tables.interval(tasks, tables.iqm, reps=20000)
+  assert value == pytest.approx(0.5)
+  # By hand, over the 4 x 4 equally likely resamples (each task's runs drawn
+  # within the task): IQM .3 (3/16), .4 (2/16), .5 (5/16), .6 (3/16),
+  # .8 (3/16); the 2.5% and 97.5% points are .3 and .8. A bootstrap that
+  # pooled the tasks would reach .2 ({.2, .2, .2, .4}: IQM .2).
+  assert (low, high) == (pytest.approx(0.3), pytest.approx(0.8))
+  # 25% cut at each end of the 6 pooled runs: .2 .3 .5 .6 of .1 ... .9.
+  assert tables.iqm(np.array([0.1, 0.2, 0.3, 0.9]),
+                    np.array([0.5, 0.6])) == pytest.approx(0.4)
+  value, ci = tables.interval([np.array([0.5]), np.array([0.2, 0.4])],
+                              tables.iqm)
+  assert ci is None  # One run cannot be resampled.
+
+
+def test_probability_of_improvement_and_profile_by_hand():
+  x = [np.array([0.5, 0.6]), np.array([0.2, 0.9])]
+  y = [np.array([0.4, 0.6]), np.array([0.3, 0.1])]
+  # Task 1: .5>.4, .5<.6, .6>.4, .6=.6 -> 2.5/4; task 2: 3/4.
+  value, (low, high) = tables.interval(x + y, tables.improvement)
+  assert value == pytest.approx((0.625 + 0.75) / 2)
+  assert 0 <= low < value < high <= 1
+  tasks = [np.array([0.1, 0.2, 0.3, 0.9]), np.array([0.5, 0.6])]
+  value, (low, high) = tables.interval(
+      tasks, tables.profile([0.0, 0.25, 0.5, 0.75]))
+  np.testing.assert_allclose(value, [1.0, 0.75, 0.375, 0.125])
+  assert np.all(low <= value) and np.all(value <= high)
+  np.testing.assert_allclose(low[0], 1.0)  # Every resample: all above 0.
+
+
+def test_aggregates_in_tables(root):
+  text = tables.aggregate_markdown(root, tolerance=10_000)
+  # 100K: IDM 500 and 600 on walker_walk, Dreamer 300 (one seed: no CI).
+  assert '| idm | 1 | 2 | 0.550 [0.500, 0.600] |' in text
+  assert '| dreamer | 1 | 1 | 0.300 (no CI: 1 seed) |' in text
+  assert 'P(IDM > Dreamer) over 1 tasks: 1.00 (no CI: 1 seed).' in text
+  # 500K: Dreamer is missing, so no comparison is printed for it.
+  assert text.count('P(IDM > Dreamer)') == 2
+
+
 def test_tables_command_writes_files(root, tmp_path):
   assert tables.main(['--root', str(root), '--out', str(tmp_path / 'out')]) == 0
   assert '550.0 ± 50.0 (2)' in (tmp_path / 'out' / 'tables.md').read_text()
@@ -87,7 +130,9 @@ def test_plotting_writes_valid_pngs(root, tmp_path):
   assert plotting.main(['--root', str(root), '--out', str(out)]) == 0
   names = sorted(p.name for p in out.glob('*.png'))
   assert names == ['ablations_table1.png', 'ablations_table2.png',
-                   'curves_table1.png', 'curves_table2.png']
+                   'curves_table1.png', 'curves_table2.png',
+                   'profiles_table1_100k.png', 'profiles_table1_500k.png',
+                   'profiles_table2_100k.png', 'profiles_table2_500k.png']
   for name in names:
     data = (out / name).read_bytes()
     assert data[:8] == b'\x89PNG\r\n\x1a\n'
