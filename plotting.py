@@ -160,12 +160,16 @@ def plot_scores(entries, filename):
         ax.plot(run['xs'], run['ys'], color=line.get_color(), lw=0.8,
                 alpha=0.4)
     ax.set_title(task)
-    ax.set_xlabel('env steps')
-    ax.set_ylabel('test return')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _label(ax, 'env steps', 'test return')
   fig.tight_layout()
   return _save(fig, filename)
+
+
+def _label(ax, xlabel, ylabel):
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
 
 
 def plot_profiles(runs, presets, target, tolerance, filename, title=''):
@@ -194,10 +198,8 @@ def plot_profiles(runs, presets, target, tolerance, filename, title=''):
     return None
   ax.set_title(f'{title + ", " if title else ""}'
                f'{target // 1000}K env steps', fontsize=10)
-  ax.set_xlabel('normalized score tau (return / 1000)')
-  ax.set_ylabel('fraction of runs with score > tau')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  _label(ax, 'normalized score tau (return / 1000)',
+         'fraction of runs with score > tau')
   fig.tight_layout()
   return _save(fig, filename)
 
@@ -222,10 +224,8 @@ def plot_robustness(report, filename):
   mode = 'dynamic' if report['dynamic'] else 'static'
   ax.set_title(f'{report["task"]} at step {report["step"]} ({mode})',
                fontsize=10)
-  ax.set_xlabel('perturbation level (0 = none)')
-  ax.set_ylabel(f'test return ({report["episodes"]} episodes, 95% CI)')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  _label(ax, 'perturbation level (0 = none)',
+         f'test return ({report["episodes"]} episodes, 95% CI)')
   fig.tight_layout()
   return _save(fig, filename)
 
