@@ -606,9 +606,11 @@ def load_dataset(directory, config):
   the directory for new episodes every train_steps chunks. Sampling runs in
   the background while the agent trains; `Dreamer.train` preprocesses."""
   length = config.batch_length
-  example = next(tools.load_episodes(directory, 1, length))
-  signature = {key: tf.TensorSpec((length, *value.shape[1:]), value.dtype)
-               for key, value in example.items()}
+  # The signature from the first usable episode's index: the generator below
+  # indexes every episode itself, so this one does not.
+  index = tools.first_episode_index(directory, length)
+  signature = {key: tf.TensorSpec((length, *shape[1:]), dtype)
+               for key, (_, dtype, shape) in index.items()}
   chunks = tf.data.Dataset.from_generator(
       lambda: tools.load_episodes(
           directory, config.train_steps, length, config.dataset_balance,

@@ -411,6 +411,22 @@ def _rows(index):
   return next(iter(index.values()))[2][0]
 
 
+def first_episode_index(directory, length):
+  """The index of the first episode of at least `length` rows."""
+  directory = pathlib.Path(directory).expanduser()
+  for filename in sorted(directory.glob('*.npz')):
+    index = episode_index(filename)
+    if index is not None and _rows(index) >= length:
+      return index
+  raise _no_episodes(directory, length)
+
+
+def _no_episodes(directory, length):
+  return RuntimeError(
+      f'No usable episodes of length >= {length} in {directory}; '
+      f'lower --batch_length or collect longer episodes.')
+
+
 def _index_new_episodes(directory, length, indices, broken):
   for filename in sorted(directory.glob('*.npz')):
     if filename in indices or filename in broken:
@@ -421,9 +437,7 @@ def _index_new_episodes(directory, length, indices, broken):
     else:
       indices[filename] = index
   if not indices:
-    raise RuntimeError(
-        f'No usable episodes of length >= {length} in {directory}; '
-        f'lower --batch_length or collect longer episodes.')
+    raise _no_episodes(directory, length)
 
 
 # Simulation.

@@ -132,6 +132,17 @@ def test_episodes_roundtrip_and_corrupt_files_are_skipped(tmp_path):
   assert not list(tmp_path.glob('.*.tmp'))
 
 
+def test_the_dataset_signature_comes_from_the_first_usable_episode(tmp_path):
+  (tmp_path / '20200101T000000-bad-30.npz').write_bytes(b'not a zip file')
+  with pytest.raises(RuntimeError, match='No usable episodes of length >= 10'):
+    tools.first_episode_index(tmp_path, 10)
+  tools.save_episodes(tmp_path, [_episode(6), _episode(12, seed=1)])
+  index = tools.first_episode_index(tmp_path, 10)  # Skips the 6-row one.
+  assert {k: (v[1], v[2]) for k, v in index.items()} == {
+      'image': (np.uint8, (12, 64, 64, 3)), 'action': (np.float32, (12, 2)),
+      'reward': (np.float32, (12,)), 'discount': (np.float32, (12,))}
+
+
 def test_sampling_reaches_every_episode_uniformly_from_disk(tmp_path):
   episodes = [dict(_episode(12, seed), reward=np.full(12, seed, np.float32))
               for seed in range(40)]
