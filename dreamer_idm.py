@@ -4,8 +4,8 @@ import functools
 import os
 import pathlib
 import re
+import subprocess
 import sys
-import tempfile
 import textwrap
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
@@ -89,26 +89,44 @@ STARTUP_NOISE = re.compile(
     r'Unable to register cu\w+ factory')
 
 
+# Forwards the lines that are not start-up noise, as they come.
+_FILTER = (
+    'import re, sys\n'
+    'noise = re.compile(sys.argv[1])\n'
+    'for line in sys.stdin.buffer:\n'
+    '  if not noise.search(line.decode("utf-8", "replace")):\n'
+    '    sys.stdout.buffer.write(line)\n'
+    '    sys.stdout.buffer.flush()\n')
+
+
 @contextlib.contextmanager
 def quiet_startup():
+  """Filters TensorFlow's start-up lines from stderr while it imports. The
+  filter is a process of its own, so a crash inside the import (an abort,
+  an illegal instruction) still gets its last lines through."""
   sys.stderr.flush()
   try:
     saved = os.dup(2)
   except OSError:  # No stderr to filter.
     yield
     return
-  with tempfile.TemporaryFile() as temp:
-    os.dup2(temp.fileno(), 2)
-    try:
-      yield
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      temp.seek(0)
-      for line in temp.read().decode('utf-8', 'replace').splitlines():
-        if not STARTUP_NOISE.search(line):
-          print(line, file=sys.stderr)
+  try:
+    filter_ = subprocess.Popen(
+        [sys.executable, '-I', '-c', _FILTER, STARTUP_NOISE.pattern],
+        stdin=subprocess.PIPE, stdout=saved, stderr=saved)
+  except OSError:
+    os.close(saved)
+    yield
+    return
+  os.dup2(filter_.stdin.fileno(), 2)
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    filter_.stdin.close()
+    filter_.wait()
 
 
 with quiet_startup():

@@ -156,6 +156,19 @@ def test_help_lists_every_preset_and_key_without_tensorflow(flag):
   assert 'Upstream: 16. auto = 16 with a GPU' in result.stdout
 
 
+def test_a_crash_during_the_import_keeps_its_last_lines():
+  code = ('import os, dreamer_idm\n'
+          'with dreamer_idm.quiet_startup():\n'
+          '  os.write(2, b"I0000 00:00:1.0 1 cudart_stub.cc:31] noise\\n")\n'
+          '  os.write(2, b"F0000 00:00:1.0 1 cpu_feature_guard.cc:9] fatal\\n")\n'
+          '  os.abort()\n')
+  result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert 'cpu_feature_guard.cc:9] fatal' in result.stderr
+  assert 'noise' not in result.stderr
+
+
 def test_startup_noise_is_filtered_and_other_lines_get_through(capfd):
   with dreamer_idm.quiet_startup():
     os.write(2, b'I0000 00:00:1.0 1 cudart_stub.cc:31] Could not find cuda '
