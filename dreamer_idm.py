@@ -462,6 +462,11 @@ class Dreamer(tools.Module):
     tools.load_variables(
         checkpoint, self.checkpoint_variables(), filename,
         self._loss_scale_state())
+    if self._c.evaluator and checkpoint.get('format', 1) < 2:
+      print(f'Warning: {filename} predates the evaluator judging sampled '
+            f'latents; its evaluator learned on prior means and now goes on '
+            f'with sampled ones (a new --logdir starts clean).',
+            file=sys.stderr)
     self._should_pretrain()
 
   def _exploration_amount(self, training):

@@ -182,11 +182,15 @@ def append_jsonl(filename, record):
     os.close(fd)
 
 
+# 2: the trajectory evaluator judges sampled latents (before, prior means).
+CHECKPOINT_FORMAT = 2
+
+
 def save_checkpoint(filename, variables, step, config, optional=None):
   """`optional` maps names to variables that a run may lack (the loss scale
   of float16): `load_variables` restores those both sides have."""
   payload = dict(
-      step=int(step),
+      format=CHECKPOINT_FORMAT, step=int(step),
       config={k: str(v) if isinstance(v, pathlib.Path) else v
               for k, v in config.items()},
       names=[v.name for v in variables],

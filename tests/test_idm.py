@@ -330,7 +330,7 @@ def test_agents_log_exactly_the_metrics_of_their_parts(tmp_path, preset):
     assert 0 < float(metrics['weight_ess']) <= 1
 
 
-def test_idm_agent_imagination_and_checkpoint(tmp_path):
+def test_idm_agent_imagination_and_checkpoint(tmp_path, capsys):
   agent, config = _agent(tmp_path / 'a', 'idm', '--derived_copies', '2')
   # The imagination batch is (1 + K) times the posterior start states.
   data = dreamer_idm.preprocess(next(agent._dataset), config)
@@ -359,6 +359,15 @@ def test_idm_agent_imagination_and_checkpoint(tmp_path):
   with pytest.raises(tools.ConfigError, match='evaluator: True -> False'):
     tools.check_checkpoint_config(
         checkpoint, dict(config, evaluator=False), 'variables.pkl')
+  # A checkpoint from before the evaluator judged sampled latents loads with
+  # a warning; a current one without.
+  assert checkpoint['format'] == 2
+  assert 'predates' not in capsys.readouterr().err
+  other.load(dict(checkpoint, format=1), tmp_path / 'variables.pkl')
+  old = {k: v for k, v in checkpoint.items() if k != 'format'}
+  other.load(old, tmp_path / 'variables.pkl')
+  assert capsys.readouterr().err.count(
+      'predates the evaluator judging sampled latents') == 2
 
 
 def test_evaluator_horizon_must_fit_the_batch():
