@@ -19,6 +19,10 @@ matching aggregates (IQM, P(IDM > Dreamer)).
 IDM's diagnostics (evaluator, weights, constraint, derived memory) over runs:
 
   python plotting.py --diagnostics RUN [RUN ...] --out docs/diagnostics.png
+
+What the robustness suite shows the agent, per task, kind and level:
+
+  python plotting.py --perturbations dmc_walker_walk dmc_cartpole_swingup --out docs/perturbations.png
 """
 
 import argparse
@@ -230,6 +234,40 @@ def plot_robustness(report, filename):
   return _save(fig, filename)
 
 
+def plot_perturbations(tasks, filename, levels=(0.1, 0.2, 0.3)):
+  """The first test frame of each task, as the agent sees it (64 x 64),
+  under every robustness-suite kind at each level."""
+  import functools
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  import evaluate
+  import wrappers
+  columns = [('none', 0, {})] + [
+      (kind, level, evaluate.SUITE[kind](level))
+      for kind in evaluate.SUITE for level in levels]
+  fig, axes = plt.subplots(len(tasks), len(columns), squeeze=False,
+                           figsize=(1.1 * len(columns), 1.25 * len(tasks)))
+  for row, task in enumerate(tasks):
+    for col, (kind, level, settings) in enumerate(columns):
+      # Rendering lives in a worker: this process may have TensorFlow.
+      env = wrappers.Async(functools.partial(
+          wrappers.make_env, task, 2, 1000, perturb=settings, seed=0),
+          'none')
+      try:
+        axes[row, col].imshow(env.reset()['image'])
+      finally:
+        env.close()
+      axes[row, col].set_xticks([])
+      axes[row, col].set_yticks([])
+      if row == 0:
+        axes[row, col].set_title(f'{kind} {level:g}' if level else kind,
+                                 fontsize=7)
+    axes[row, 0].set_ylabel(task.replace('dmc_', ''), fontsize=7)
+  fig.tight_layout(pad=0.3)
+  return _save(fig, filename)
+
+
 # (title, metric keys, log scale) of each diagnostics panel.
 DIAGNOSTICS = (
     ('evaluator P(real)', ('evaluator_real_prob', 'evaluator_fake_prob'),
@@ -285,6 +323,8 @@ def main(argv):
   parser.add_argument('--seed', type=int, help='with --add: its seed')
   parser.add_argument('--task', help='with --add: task, if no config.yaml')
   parser.add_argument('--diagnostics', nargs='+', help='IDM runs to plot')
+  parser.add_argument('--perturbations', nargs='+', metavar='TASK',
+                      help='tasks to show under every perturbation')
   parser.add_argument('--out', help='output folder (--root) or PNG file')
   parser.add_argument('--tolerance', type=int, default=10_000,
                       help='with --root: as tables.py --tolerance')
@@ -314,8 +354,12 @@ def main(argv):
   if args.diagnostics:
     print(f'Wrote {plot_diagnostics(args.diagnostics, args.out)}.')
     return 0
+  if args.perturbations:
+    print(f'Wrote {plot_perturbations(args.perturbations, args.out)}.')
+    return 0
   if not args.root:
-    print('Error: pass --root, --scores or --diagnostics.', file=sys.stderr)
+    print('Error: pass --root, --scores, --diagnostics or --perturbations.',
+          file=sys.stderr)
     return 2
   if not pathlib.Path(args.root).is_dir():
     print(f'Error: no sweep root at {args.root}.', file=sys.stderr)

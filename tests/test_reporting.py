@@ -241,3 +241,12 @@ def test_bench_replay_links_episodes_and_measures_both_replays(tmp_path):
   assert ours['episodes'] == 6 and 0 < ours['batch_seconds'] < 10
   upstream = bench.measure_replay(directory, 2, True)
   assert upstream['episodes'] == 6 and upstream['rss_gb'] > 0
+
+
+def test_perturbation_figure_shows_every_kind(tmp_path):
+  import matplotlib.image
+  filename = plotting.plot_perturbations(
+      ['dmc_cartpole_balance'], tmp_path / 'frames.png', levels=(0.3,))
+  image = matplotlib.image.imread(filename)
+  # One row of none + 5 kinds, each panel a real frame (not blank).
+  assert image.shape[1] > 5 * image.shape[0] and image.std() > 0.1
