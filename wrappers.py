@@ -254,7 +254,7 @@ class PerturbImage(Wrapper):
     self._rotation = rotation
     self._noise_std = noise_std
     self._shift = shift
-    self._random = np.random.RandomState(seed)
+    self._random = _stream(seed, 'image')
 
   def step(self, action):
     obs, reward, done, info = self._env.step(action)
@@ -283,31 +283,43 @@ class PerturbScene(Wrapper):
   """Test-time scene perturbations of the Distracting Control Suite (Stone et
   al. 2021), at a level in [0, 1] (its easy, medium, hard are 0.1, 0.2, 0.3):
 
-  - color: the RGB of every material and geom moved by up to `color` (on the
-    [0, 1] scale), clipped to [0, 1];
+  - color: the RGB of every material moved by up to `color` (on the [0, 1]
+    scale), clipped to [0, 1]; also of the geoms whose own colour shows (no
+    material, or a colour of their own, which MuJoCo draws over it);
   - camera: the rendering camera turned about the point it looks at by up to
-    90 * `camera` degrees of yaw, pitch (the camera stays between level with
-    that point and straight above it) and roll, and its distance scaled by
-    1 - 0.5 * `camera` .. 1 + 1.5 * `camera`.
+    90 * `camera` degrees of yaw, pitch and roll, and its distance scaled by
+    1 - 0.5 * `camera` .. 1 + 1.5 * `camera`. Pitch keeps the camera between
+    level with that point and straight above it: its range is cut to that
+    (one-sided for a level or a top-down camera) before drawing.
 
   Offsets are drawn uniformly at each reset and kept for the episode; with
-  `dynamic` they also drift at every agent step by a Gaussian step of 3% of
-  their range, clipped to it (the suite's colour rule, used for both). Wraps
-  DeepMindControl directly, so it acts before ActionRepeat renders. The model
-  keeps its original colours outside the offsets and physics never sees the
+  `dynamic` they also drift at every agent step by a Gaussian step with std
+  3% of their bound, clipped to their range (the suite's colour rule, used
+  for both). The point the camera turns about is fixed at reset: a tracking
+  camera keeps tracking, a fixed one stays fixed. Wraps DeepMindControl
+  directly, so it acts before ActionRepeat renders. Physics never sees the
   camera: it is moved for rendering only."""
+
+  # MuJoCo draws a geom's own rgba instead of its material's unless it is
+  # this default.
+  _DEFAULT_RGBA = (0.5, 0.5, 0.5, 1.0)
 
   def __init__(self, env, color=0.0, camera=0.0, dynamic=False, seed=None):
     super().__init__(env)
-    self._random = np.random.RandomState(seed)
+    self._random = _stream(seed, 'scene')
     self._dynamic = dynamic
     model = env.physics.model
+    own = (model.geom_matid < 0) | np.any(
+        model.geom_rgba != self._DEFAULT_RGBA, axis=1)
+    self._geoms = np.flatnonzero(own)
     self._original = dict(mat=model.mat_rgba[:, :3].copy(),
-                          geom=model.geom_rgba[:, :3].copy())
-    angle = np.pi / 2 * camera
+                          geom=model.geom_rgba[self._geoms, :3].copy())
+    self._angle = np.pi / 2 * camera
+    angle = self._angle
     self._bounds = dict(
         color=(-color, color), yaw=(-angle, angle), pitch=(-angle, angle),
         roll=(-angle, angle), zoom=(1 - 0.5 * camera, 1 + 1.5 * camera))
+    self._distance = None
     self.offsets = None
 
   def step(self, action, render=True):
@@ -320,6 +332,14 @@ class PerturbScene(Wrapper):
 
   def reset(self):
     obs = self._env.reset()
+    # The pivot's distance and the pitch range, from the episode's first pose.
+    data = self.physics.data
+    position = data.cam_xpos[self.camera]
+    self._distance = np.linalg.norm(position - data.subtree_com[1])
+    forward = -data.cam_xmat[self.camera].reshape(3, 3)[:, 2]
+    elevation = np.arcsin(np.clip(-forward[2], -1, 1))
+    self._bounds['pitch'] = (max(-self._angle, min(0, -elevation)),
+                             min(self._angle, max(0, np.pi / 2 - elevation)))
     self.offsets = {key: self._draw(key) for key in self._bounds}
     self._apply_colors()
     obs['image'] = self.render()
@@ -346,19 +366,14 @@ class PerturbScene(Wrapper):
     if offsets is None:
       return position, matrix.flatten()
     from scipy.spatial.transform import Rotation
-    # The pivot: the point on the view axis (MuJoCo cameras look along -z)
-    # as far away as the agent's root body.
-    distance = np.linalg.norm(position - data.subtree_com[1])
-    pivot = position - distance * matrix[:, 2]
-    offset = position - pivot
+    # The pivot: on the view axis (MuJoCo cameras look along -z), as far as
+    # the agent's root body was at reset.
+    offset = self._distance * matrix[:, 2]
     # Pitch about the camera's horizontal axis, signed so that + raises it.
     axis = matrix[:, 0] * (1.0 if np.cross(matrix[:, 0], offset)[2] >= 0
                            else -1.0)
-    elevation = np.arcsin(np.clip(offset[2] / distance, -1, 1))
-    pitch = np.clip(offsets['pitch'], min(0, -elevation),
-                    max(0, np.pi / 2 - elevation))
     turn = (Rotation.from_rotvec([0, 0, offsets['yaw']]) *
-            Rotation.from_rotvec(pitch * axis)).as_matrix()
+            Rotation.from_rotvec(offsets['pitch'] * axis)).as_matrix()
     roll = Rotation.from_rotvec([0, 0, offsets['roll']]).as_matrix()
     # Written as a change to the pose so that zero offsets keep it exactly.
     position = position + (offsets['zoom'] * turn @ offset - offset)
@@ -366,14 +381,15 @@ class PerturbScene(Wrapper):
 
   def _draw(self, key):
     low, high = self._bounds[key]
-    shape = ((len(self._original['mat']) + len(self._original['geom']), 3)
+    shape = ((len(self._original['mat']) + len(self._geoms), 3)
              if key == 'color' else None)
     return self._random.uniform(low, high, shape)
 
   def _drift(self):
     for key, (low, high) in self._bounds.items():
+      bound = max(abs(low), abs(high)) if key != 'zoom' else (high - low) / 2
       step = self._random.normal(
-          0, 0.03 * (high - low) / 2, np.shape(self.offsets[key]) or None)
+          0, 0.03 * bound, np.shape(self.offsets[key]) or None)
       self.offsets[key] = np.clip(self.offsets[key] + step, low, high)
     self._apply_colors()
 
@@ -383,8 +399,17 @@ class PerturbScene(Wrapper):
     delta = self.offsets['color']
     model.mat_rgba[:, :3] = np.clip(
         self._original['mat'] + delta[:count], 0, 1)
-    model.geom_rgba[:, :3] = np.clip(
+    model.geom_rgba[self._geoms, :3] = np.clip(
         self._original['geom'] + delta[count:], 0, 1)
+
+
+def _stream(seed, name):
+  """A random state of its own for each perturbation, derived from the env
+  seed: the task draws its initial states from that seed itself."""
+  if seed is None:
+    return np.random.RandomState()
+  entropy = [seed, {'image': 1, 'scene': 2}[name]]
+  return np.random.RandomState(np.random.SeedSequence(entropy).generate_state(4))
 
 
 def rotate(image, angle):

@@ -250,12 +250,18 @@ def test_scene_perturbations_at_zero_render_identical_frames():
             camera=0.0, dynamic=dynamic, seed=1)
         zero = frames(env)
         assert zero.tobytes() == plain.tobytes(), dynamic
+      # A tiny level changes the colours a tiny bit: materials' colours are
+      # moved, not replaced by the geoms' default grey.
+      env = wrappers.PerturbScene(
+          wrappers.DeepMindControl('walker_walk', seed=3), color=1e-3, seed=1)
+      assert np.abs(frames(env).astype(int) - plain).mean() < 1
       # Level 0.3: visibly different frames; static colours stay within the
       # level of the originals and are drawn anew at each reset.
       env = wrappers.PerturbScene(
           wrappers.DeepMindControl('walker_walk', seed=3), color=0.3, seed=1)
       model = env.physics.model
       original = model.mat_rgba[:, :3].copy()
+      alpha = model.mat_rgba[:, 3].copy()
       colored = frames(env)
       assert np.abs(colored.astype(int) - plain).mean() > 5
       first = model.mat_rgba[:, :3].copy()
@@ -265,7 +271,7 @@ def test_scene_perturbations_at_zero_render_identical_frames():
       env.reset()
       assert np.abs(model.mat_rgba[:, :3] - first).max() > 0.05
       assert np.abs(model.mat_rgba[:, :3] - original).max() <= 0.3 + 1e-6
-      assert (model.mat_rgba[:, 3] == env.physics.model.mat_rgba[:, 3]).all()
+      np.testing.assert_array_equal(model.mat_rgba[:, 3], alpha)
   ''')
 
 
@@ -294,16 +300,21 @@ def test_camera_levels_move_the_pose_by_the_stated_amounts():
       yaw = np.arctan2(after[1], after[0]) - np.arctan2(before[1], before[0])
       elevation = lambda v: np.arcsin(v[2] / np.linalg.norm(v))  # noqa: E731
       pitch = elevation(after) - elevation(before)
-      level = np.cross(new_forward, [0, 0, 1])
-      level /= np.linalg.norm(level)
-      roll = np.arctan2(np.dot(np.cross(level, matrix[:, 0]), new_forward),
-                        np.dot(level, matrix[:, 0]))
+      # Roll: about the view axis, against the same pose unrolled.
+      unrolled_position, unrolled = env.call(
+          'camera_pose', dict(offsets, roll=0.0))
+      unrolled = unrolled.reshape(3, 3)
+      np.testing.assert_allclose(unrolled_position, position, atol=1e-12)
+      roll = np.arctan2(
+          np.dot(np.cross(unrolled[:, 0], matrix[:, 0]), unrolled[:, 2]),
+          np.dot(unrolled[:, 0], matrix[:, 0]))
       assert abs(zoom - offsets['zoom']) < 1e-3
       assert 1 - 0.15 <= zoom <= 1 + 0.45
       assert abs((yaw - offsets['yaw'] + np.pi) % (2 * np.pi) - np.pi) < 1e-3
       assert abs(yaw) <= bound + 1e-6 and abs(pitch) <= bound + 1e-6
       assert elevation(after) >= -1e-6  # Never below the point it looks at.
-      assert abs(abs(roll) - abs(offsets['roll'])) < 1e-6
+      assert abs(roll - offsets['roll']) < 1e-6
+      assert abs(pitch - offsets['pitch']) < 1e-6  # + raises the camera.
       draws.append((abs(yaw), abs(pitch), abs(roll), zoom))
     draws = np.array(draws)
     # The draws use the range: each offset comes near its bound.
@@ -323,26 +334,48 @@ def test_camera_levels_move_the_pose_by_the_stated_amounts():
       env.step(np.zeros(6, np.float32))
       yaws.append(env.access('offsets')['yaw'])
     assert len(set(yaws)) == 10 and max(np.abs(yaws)) <= bound
-    # A step of 3% of the range: small next to the range.
+    # A step with std 3% of the bound: small next to the range.
     assert np.abs(np.diff(yaws)).max() < 0.15 * bound
+  finally:
+    env.close()
+  # A fixed camera stays fixed all episode (cartpole's camera does not
+  # track): the pose is the same however the cart moves.
+  env = wrappers.make_async_env(
+      _config(task='dmc_cartpole_balance', eval_camera=0.3), 'env', test=True,
+      seed=0)
+  try:
+    env.reset()
+    poses = [env.call('camera_pose')]
+    for _ in range(9):  # time_limit 20: 10 steps.
+      env.step(np.ones(1, np.float32))
+      poses.append(env.call('camera_pose'))
+    for position, matrix in poses[1:]:
+      np.testing.assert_array_equal(position, poses[0][0])
+      np.testing.assert_array_equal(matrix, poses[0][1])
   finally:
     env.close()
 
 
 def test_training_frames_are_untouched_by_a_perturbed_test_episode():
-  config = _config(eval_color=0.3, eval_camera=0.3, eval_dynamic=True)
+  # Training envs of a config with every perturbation on render exactly what
+  # an env without any renders, also after a perturbed test episode.
+  config = _config(eval_color=0.3, eval_camera=0.3, eval_dynamic=True,
+                   eval_rotation=5.0)
   train = wrappers.make_async_env(config, 'train env', seed=0)
+  plain = wrappers.make_async_env(_config(), 'plain env', seed=0)
   test = wrappers.make_async_env(config, 'test env', test=True, seed=0)
   try:
     before = train.reset()['image']
+    np.testing.assert_array_equal(before, plain.reset()['image'])
     test_frames = [test.reset()['image']]
     for _ in range(9):
       test_frames.append(test.step(np.zeros(6, np.float32))[0]['image'])
-    after = train.call('render')
-    np.testing.assert_array_equal(before, after)
+    action = np.full(6, 0.3, np.float32)
+    np.testing.assert_array_equal(
+        train.step(action)[0]['image'], plain.step(action)[0]['image'])
     # The test episode did run perturbed: its first frame is not the
     # training env's (same seed, same initial state).
     assert np.abs(test_frames[0].astype(int) - before).mean() > 5
   finally:
-    train.close()
-    test.close()
+    for env in (train, plain, test):
+      env.close()
