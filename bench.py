@@ -75,16 +75,17 @@ def perturb_bench(config, steps, level=0.3, rounds=3):
   """Wall time of a test episode's environment (random actions) under each
   suite perturbation at `level` against none: the overhead the perturbations
   add. Rounds alternate the cells so that machine noise hits all alike."""
-  import evaluate
   cells = [('none', {})] + [
-      (kind, evaluate.SUITE[kind](level)) for kind in evaluate.SUITE] + [
-      (f'{kind} dynamic', dict(evaluate.SUITE[kind](level), dynamic=True))
+      (kind, wrappers.SUITE[kind](level)) for kind in wrappers.SUITE] + [
+      (f'{kind} dynamic', dict(wrappers.SUITE[kind](level), dynamic=True))
       for kind in ('color', 'camera')]
   seconds = {name: [] for name, _ in cells}
   episode = config.time_limit
   for _ in range(rounds):
     for name, settings in cells:
-      settings = {f'eval_{k}': v for k, v in settings.items()}
+      # Every eval_* key set, so a config's own perturbation never leaks in.
+      settings = {f'eval_{k}': v
+                  for k, v in dict(wrappers.NONE, **settings).items()}
       rate = measure_env(tools.AttrDict(config, **settings), steps, test=True)
       seconds[name].append(episode / rate)
   result = {name: float(np.median(s)) for name, s in seconds.items()}
@@ -332,6 +333,8 @@ def main(argv):
       'perturbations add to a test episode\'s environment time instead')
   args, rest = parser.parse_known_args(argv)
   if args.perturb:
+    if args.env_steps < 1:
+      raise SystemExit('bench.py --perturb needs --env_steps of at least 1.')
     config = dreamer_idm.parse_args(['--configs', *args.configs, *rest])
     result = perturb_bench(config, args.env_steps)
     for name, seconds in result['seconds'].items():

@@ -89,9 +89,11 @@ STARTUP_NOISE = re.compile(
     r'Unable to register cu\w+ factory')
 
 
-# Forwards the lines that are not start-up noise, as they come.
+# Forwards the lines that are not start-up noise, as they come. It ignores
+# Ctrl-C, which reaches the whole process group, and ends when its input does.
 _FILTER = (
-    'import re, sys\n'
+    'import re, signal, sys\n'
+    'signal.signal(signal.SIGINT, signal.SIG_IGN)\n'
     'noise = re.compile(sys.argv[1])\n'
     'for line in sys.stdin.buffer:\n'
     '  if not noise.search(line.decode("utf-8", "replace")):\n'
@@ -104,7 +106,8 @@ def quiet_startup():
   """Filters TensorFlow's start-up lines from stderr while it imports. The
   filter is a process of its own, so a crash inside the import (an abort,
   an illegal instruction) still gets its last lines through."""
-  sys.stderr.flush()
+  if sys.stderr is not None:
+    sys.stderr.flush()
   try:
     saved = os.dup(2)
   except OSError:  # No stderr to filter.
@@ -122,11 +125,15 @@ def quiet_startup():
   try:
     yield
   finally:
-    sys.stderr.flush()
+    if sys.stderr is not None:
+      sys.stderr.flush()
     os.dup2(saved, 2)
     os.close(saved)
     filter_.stdin.close()
-    filter_.wait()
+    try:
+      filter_.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # A stuck filter never blocks training.
+      filter_.kill()
 
 
 with quiet_startup():
@@ -462,7 +469,11 @@ class Dreamer(tools.Module):
     tools.load_variables(
         checkpoint, self.checkpoint_variables(), filename,
         self._loss_scale_state())
-    if self._c.evaluator and checkpoint.get('format', 1) < 2:
+    # Checkpoints without a format number that know `shared_rssm_noise` were
+    # written after the evaluator fix, those without it before.
+    fmt = checkpoint.get(
+        'format', 2 if 'shared_rssm_noise' in checkpoint['config'] else 1)
+    if self._c.evaluator and fmt < 2:
       print(f'Warning: {filename} predates the evaluator judging sampled '
             f'latents; its evaluator learned on prior means and now goes on '
             f'with sampled ones (a new --logdir starts clean).',
@@ -596,7 +607,9 @@ class Logger:
   def progress(self, step, metrics):
     episodes, _ = tools.count_episodes(self._datadir)
     fps = metrics.get('fps')
-    eta = tools.format_duration((self._c.steps - step) / fps) if fps else '-'
+    # The last collection overshoots `steps` by up to an episode: no time left.
+    left = max(0, self._c.steps - step)
+    eta = tools.format_duration(left / fps) if fps else '-'
     fmt = lambda value, spec: '-' if value is None else format(value, spec)
     print(
         f'[{step}/{self._c.steps} {100 * step / self._c.steps:.1f}%] '

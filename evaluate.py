@@ -23,25 +23,9 @@ import time
 import numpy as np
 
 import dreamer_idm
+import tables
 import tools
 import wrappers
-
-# The suite's kinds: the test-time settings (eval_* keys without the prefix)
-# of each at a level in [0, 1], where 1 is extreme for every kind.
-SUITE = {
-    # Degrees, the same range as the camera's roll.
-    'rotation': lambda level: dict(rotation=90.0 * level),
-    # 0-255 units: half the pixel range at level 1.
-    'noise': lambda level: dict(noise_std=127.5 * level),
-    # Pixels: up to half of the 64-pixel frame at level 1.
-    'shift': lambda level: dict(shift=int(round(32 * level))),
-    # Distracting Control Suite: colour and camera pose.
-    'color': lambda level: dict(color=level),
-    'camera': lambda level: dict(camera=level),
-}
-NONE = dict(rotation=0.0, noise_std=0.0, shift=0, color=0.0, camera=0.0,
-            dynamic=False)
-
 
 def load_agent(logdir):
   """The agent of a run, restored from its checkpoint, with its config."""
@@ -103,10 +87,10 @@ def evaluate(logdir, episodes, perturbations):
 def check_suite(kinds, levels, episodes):
   """One clear line for each kind of bad input."""
   for kind in kinds:
-    if kind not in SUITE:
+    if kind not in wrappers.SUITE:
       raise tools.ConfigError(
           f'Unknown perturbation kind {kind!r}; choose from '
-          f'{", ".join(SUITE)}.')
+          f'{", ".join(wrappers.SUITE)}.')
   for level in levels:
     if not 0 < level <= 1:
       raise tools.ConfigError(
@@ -117,11 +101,12 @@ def check_suite(kinds, levels, episodes):
 
 def suite_cells(kinds, levels, dynamic):
   """(kind, level, settings) of every cell, none first."""
-  cells = [('none', 0.0, dict(NONE))]
+  cells = [('none', 0.0, dict(wrappers.NONE))]
   for kind in kinds:
     for level in levels:
-      cells.append((kind, level, dict(NONE, dynamic=dynamic and kind in (
-          'color', 'camera'), **SUITE[kind](level))))
+      cells.append((kind, level, dict(
+          wrappers.NONE, dynamic=dynamic and kind in ('color', 'camera'),
+          **wrappers.SUITE[kind](level))))
   return cells
 
 
@@ -167,16 +152,6 @@ def suite(logdir, episodes, kinds, levels, dynamic, log=print):
   return report, filename, table
 
 
-def interval(returns):
-  """Mean and half-width of its 95% t-interval (None for one episode)."""
-  from scipy import stats
-  returns = np.asarray(returns, float)
-  if len(returns) < 2:
-    return float(returns.mean()), None
-  half = stats.t.ppf(0.975, len(returns) - 1) * stats.sem(returns)
-  return float(returns.mean()), float(half)
-
-
 def robustness_table(report):
   """Kinds x levels, mean ± 95% CI half-width over episodes, as Markdown."""
   cells = {(c['kind'], c['level']): c for c in report['cells']}
@@ -186,7 +161,7 @@ def robustness_table(report):
   def text(cell):
     if cell is None:
       return 'not run'
-    mean, half = interval(cell['returns'])
+    mean, half = tables.t_interval(cell['returns'])
     return f'{mean:.1f}' if half is None else f'{mean:.1f} ± {half:.1f}'
   none = text(cells.get(('none', 0.0)))
   mode = 'dynamic' if report['dynamic'] else 'static'
@@ -200,9 +175,10 @@ def robustness_table(report):
     lines.append(f'| {kind} | {none} | ' + ' | '.join(
         text(cells.get((kind, x))) for x in levels) + ' |')
   lines.append('')
+  settings = lambda kind: ', '.join(
+      describe(wrappers.SUITE[kind](x)) for x in levels)
   lines.append('Settings per level: ' + '; '.join(
-      f'{kind} {", ".join(describe(SUITE[kind](x)) for x in levels)}'
-      for kind in kinds) + '.')
+      f'{kind} {settings(kind)}' for kind in kinds) + '.')
   return '\n'.join(lines) + '\n'
 
 
@@ -237,7 +213,7 @@ def main(argv):
   parser.add_argument('--shift', type=int, nargs='*', default=[])
   parser.add_argument('--suite', action='store_true',
                       help='run the robustness suite')
-  parser.add_argument('--kinds', nargs='+', default=list(SUITE),
+  parser.add_argument('--kinds', nargs='+', default=list(wrappers.SUITE),
                       help='with --suite: perturbation kinds')
   parser.add_argument('--levels', type=float, nargs='+',
                       default=[0.1, 0.2, 0.3], help='with --suite: levels')
@@ -245,17 +221,21 @@ def main(argv):
                       help='with --suite: colour and camera drift in episodes')
   args = parser.parse_args(argv)
   if args.suite:
+    # A kind or level named twice runs once.
+    kinds = list(dict.fromkeys(args.kinds))
+    levels = list(dict.fromkeys(args.levels))
     _, filename, table = suite(
-        args.logdir, args.episodes, args.kinds, args.levels, args.dynamic)
+        args.logdir, args.episodes, kinds, levels, args.dynamic)
     print(table)
     print(f'Wrote {filename} and its .md and .png.')
     return
   if args.episodes < 1:
     raise tools.ConfigError(
         f'--episodes must be at least 1, got {args.episodes}.')
-  perturbations = [dict(NONE)]
+  perturbations = [dict(wrappers.NONE)]
   for key in ('rotation', 'noise_std', 'shift'):
-    perturbations += [dict(NONE, **{key: v}) for v in getattr(args, key) if v]
+    perturbations += [
+        dict(wrappers.NONE, **{key: v}) for v in getattr(args, key) if v]
   report, filename = evaluate(args.logdir, args.episodes, perturbations)
   print(f'{report["task"]} at step {report["step"]}, '
         f'{report["episodes"]} episodes each:')

@@ -214,14 +214,13 @@ def plot_robustness(report, filename):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  import evaluate
   none = [c for c in report['cells'] if c['kind'] == 'none']
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
   kinds = dict.fromkeys(c['kind'] for c in report['cells'] if c['kind'] != 'none')
   for index, kind in enumerate(kinds):
     cells = none + sorted((c for c in report['cells'] if c['kind'] == kind),
                           key=lambda c: c['level'])
-    stats = [evaluate.interval(c['returns']) for c in cells]
+    stats = [tables.t_interval(c['returns']) for c in cells]
     ax.errorbar([c['level'] for c in cells], [m for m, _ in stats],
                 yerr=[h or 0 for _, h in stats], marker='o', capsize=3,
                 color=f'C{index}', label=kind)
@@ -241,11 +240,10 @@ def plot_perturbations(tasks, filename, levels=(0.1, 0.2, 0.3)):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  import evaluate
   import wrappers
   columns = [('none', 0, {})] + [
-      (kind, level, evaluate.SUITE[kind](level))
-      for kind in evaluate.SUITE for level in levels]
+      (kind, level, wrappers.SUITE[kind](level))
+      for kind in wrappers.SUITE for level in levels]
   fig, axes = plt.subplots(len(tasks), len(columns), squeeze=False,
                            figsize=(1.1 * len(columns), 1.25 * len(tasks)))
   for row, task in enumerate(tasks):

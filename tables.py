@@ -99,7 +99,9 @@ def iqm(*tasks, axis=-1):
 
 
 def mean(*tasks, axis=-1):
-  return np.mean(np.concatenate(tasks, axis=axis), axis=axis)
+  """The mean over tasks of each task's mean (rliable's), so a task with
+  more seeds weighs no more than another."""
+  return np.mean([np.mean(t, axis=axis) for t in tasks], axis=0)
 
 
 def improvement(*tasks, axis=-1):
@@ -124,6 +126,17 @@ def profile(taus):
         [np.mean(x[..., :, None] > taus, axis=-2) for x in tasks], axis=0)
     return np.moveaxis(fractions, -1, 0)  # Thresholds first, as bootstrap asks.
   return statistic
+
+
+def t_interval(returns):
+  """The mean of one cell's episode returns and the half-width of its 95%
+  t-interval (None for one episode)."""
+  from scipy import stats
+  returns = np.asarray(returns, float)
+  if len(returns) < 2:
+    return float(returns.mean()), None
+  half = stats.t.ppf(0.975, len(returns) - 1) * stats.sem(returns)
+  return float(returns.mean()), float(half)
 
 
 def interval(tasks, statistic, reps=2000, seed=0):
@@ -177,7 +190,7 @@ def aggregates(runs, presets, target, tolerance):
 
 def _estimate(value, ci, digits=3):
   if ci is None:
-    return f'{value:.{digits}f} (no CI: 1 seed)'
+    return f'{value:.{digits}f} (no CI: a task has 1 seed)'
   return f'{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]'
 
 

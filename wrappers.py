@@ -446,6 +446,22 @@ def make_env(
 # Test-time perturbations, each the suffix of an eval_* config key.
 PERTURBATIONS = ('rotation', 'noise_std', 'shift', 'color', 'camera', 'dynamic')
 
+# The suite's kinds: the test-time settings (eval_* keys without the prefix)
+# of each at a level in [0, 1], where 1 is extreme for every kind.
+SUITE = {
+    # Degrees, the same range as the camera's roll.
+    'rotation': lambda level: dict(rotation=90.0 * level),
+    # 0-255 units: half the pixel range at level 1.
+    'noise': lambda level: dict(noise_std=127.5 * level),
+    # Pixels: up to half of the 64-pixel frame at level 1.
+    'shift': lambda level: dict(shift=int(round(32 * level))),
+    # Distracting Control Suite: colour and camera pose.
+    'color': lambda level: dict(color=level),
+    'camera': lambda level: dict(camera=level),
+}
+NONE = dict(rotation=0.0, noise_std=0.0, shift=0, color=0.0, camera=0.0,
+            dynamic=False)
+
 
 class EnvError(RuntimeError):
   pass

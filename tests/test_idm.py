@@ -364,10 +364,16 @@ def test_idm_agent_imagination_and_checkpoint(tmp_path, capsys):
   assert checkpoint['format'] == 2
   assert 'predates' not in capsys.readouterr().err
   other.load(dict(checkpoint, format=1), tmp_path / 'variables.pkl')
+  # Without a format number, the config tells: `shared_rssm_noise` came
+  # with the fix.
   old = {k: v for k, v in checkpoint.items() if k != 'format'}
   other.load(old, tmp_path / 'variables.pkl')
   assert capsys.readouterr().err.count(
-      'predates the evaluator judging sampled latents') == 2
+      'predates the evaluator judging sampled latents') == 1
+  older = dict(old, config={
+      k: v for k, v in old['config'].items() if k != 'shared_rssm_noise'})
+  other.load(older, tmp_path / 'variables.pkl')
+  assert 'predates' in capsys.readouterr().err
 
 
 def test_evaluator_horizon_must_fit_the_batch():

@@ -88,6 +88,10 @@ def test_iqm_and_its_stratified_interval_equal_a_hand_computation():
   # 25% cut at each end of the 6 pooled runs: .2 .3 .5 .6 of .1 ... .9.
   assert tables.iqm(np.array([0.1, 0.2, 0.3, 0.9]),
                     np.array([0.5, 0.6])) == pytest.approx(0.4)
+  # The mean weighs tasks, not runs: (.375 + .55) / 2, where the 6 pooled
+  # runs would give .433.
+  assert tables.mean(np.array([0.1, 0.2, 0.3, 0.9]),
+                     np.array([0.5, 0.6])) == pytest.approx(0.4625)
   value, ci = tables.interval([np.array([0.5]), np.array([0.2, 0.4])],
                               tables.iqm)
   assert ci is None  # One run cannot be resampled.
@@ -112,8 +116,8 @@ def test_aggregates_in_tables(root):
   text = tables.aggregate_markdown(root, tolerance=10_000)
   # 100K: IDM 500 and 600 on walker_walk, Dreamer 300 (one seed: no CI).
   assert '| idm | 1 | 2 | 0.550 [0.500, 0.600] |' in text
-  assert '| dreamer | 1 | 1 | 0.300 (no CI: 1 seed) |' in text
-  assert 'P(IDM > Dreamer) over 1 tasks: 1.00 (no CI: 1 seed).' in text
+  assert '| dreamer | 1 | 1 | 0.300 (no CI: a task has 1 seed) |' in text
+  assert 'P(IDM > Dreamer) over 1 tasks: 1.00 (no CI: a task has 1 seed).' in text
   # 500K: Dreamer is missing, so no comparison is printed for it.
   assert text.count('P(IDM > Dreamer)') == 2
 
