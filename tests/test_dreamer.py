@@ -270,43 +270,42 @@ def test_train_evaluate_checkpoint_and_resume(tmp_path):
     assert entry['mean'] == pytest.approx(sum(entry['returns']) / 2)
   assert 'perturbation {\'rotation\': 5.0}: return' in result.stdout
 
-  # The robustness suite, killed after its first cells, then resumed.
+  # The robustness suite, killed after its first cell, then resumed.
   command = [sys.executable, 'evaluate.py', '--logdir', str(logdir),
-             '--suite', '--episodes', '2', '--kinds', 'rotation', 'color',
-             'camera', '--levels', '0.1', '0.3']
+             '--suite', '--episodes', '2', '--kinds', 'rotation', 'camera',
+             '--levels', '0.3']
   suite_file = logdir / 'robustness_600.json'
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   while not suite_file.exists() or len(
-      json.loads(suite_file.read_text())['cells']) < 2:
+      json.loads(suite_file.read_text())['cells']) < 1:
     assert process.poll() is None and time.time() < deadline
     time.sleep(0.1)
   process.kill()
   process.wait()
   before = json.loads(suite_file.read_text())['cells']
-  assert 2 <= len(before) < 7 and before[0]['kind'] == 'none'
+  assert 1 <= len(before) < 3 and before[0]['kind'] == 'none'
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr
   assert (f'Resuming robustness_600.json: {len(before)} cells done, '
-          f'{7 - len(before)} to run.') in result.stdout
+          f'{3 - len(before)} to run.') in result.stdout
   assert re.search(r'\[cell \d/\d+ \w+ [\d.]+\] episode 2/2 return [\d.-]+ \| '
                    r'\d+/\d+ episodes \| [\d.]+ s/episode \| ETA ', result.stdout)
   report = json.loads(suite_file.read_text())
   cells = report['cells']
   assert cells[:len(before)] == before  # Finished cells were not rerun.
   assert sorted((c['kind'], c['level']) for c in cells) == sorted(
-      [('none', 0.0)] + [(k, x) for k in ('rotation', 'color', 'camera')
-                         for x in (0.1, 0.3)])
+      [('none', 0.0), ('rotation', 0.3), ('camera', 0.3)])
   assert all(len(c['returns']) == 2 for c in cells)
   by_cell = {(c['kind'], c['level']): c for c in cells}
   assert by_cell[('rotation', 0.3)]['settings']['rotation'] == 27.0
-  assert by_cell[('camera', 0.1)]['settings']['camera'] == 0.1
+  assert by_cell[('camera', 0.3)]['settings']['camera'] == 0.3
   table = (logdir / 'robustness_600.md').read_text()
   none = np.array(by_cell[('none', 0.0)]['returns'])
   half = scipy.stats.t.ppf(0.975, 1) * none.std(ddof=1) / np.sqrt(2)
-  assert f'| color | {none.mean():.1f} ± {half:.1f} |' in table
+  assert f'| camera | {none.mean():.1f} ± {half:.1f} |' in table
   assert table in result.stdout
   assert (logdir / 'robustness_600.png').stat().st_size > 1000
 
