@@ -6,6 +6,11 @@ without an evaluation within --tolerance steps of a target are shown as
 missing, never guessed.
 
   python tables.py --root sweeps/paper --out sweeps/paper/tables
+
+From a scores file in upstream's format (the CPU-scale check), the test return
+of every run at matched steps and whether each run learns by the check's bar:
+
+  python tables.py --scores scores/cpu_proxy.json
 """
 
 import argparse
@@ -291,13 +296,73 @@ def to_csv(rows):
   return stream.getvalue()
 
 
+# The CPU-scale check's bar for "learns": the end return (mean of the last
+# LAST_EVALS test returns, since each point is one episode) at least
+# LEARN_RATIO x the first evaluation and LEARN_GAIN higher.
+LAST_EVALS, LEARN_RATIO, LEARN_GAIN = 3, 1.5, 100
+
+
+def learning_check(ys):
+  """First evaluation, end return, ratio, gain and the bar's verdict."""
+  first, end = float(ys[0]), float(np.mean(ys[-LAST_EVALS:]))
+  return dict(first=first, end=end, ratio=end / first, gain=end - first,
+              learns=end >= LEARN_RATIO * first and end - first >= LEARN_GAIN)
+
+
+def scores_markdown(entries, every=5_000, tolerance=1_000):
+  """Per task: test return of each run at every `every` env steps (the
+  evaluation within `tolerance` steps, else blank), then the learning check."""
+  lines = []
+  order = {m: i for i, m in enumerate(
+      ('upstream_dreamer', 'dreamer', 'idm') + PRESETS)}
+  key = lambda e: (order.get(e['method'], len(order)), e['method'], e['seed'])
+  for task in sorted({e['task'] for e in entries}):
+    runs = sorted([e for e in entries if e['task'] == task], key=key)
+    last = max(max(e['xs']) for e in runs)
+    steps = list(range(every, last + 1, every))
+    lines += [f'### {task}\n',
+              '| run | ' + ' | '.join(f'{s // 1000}K' for s in steps) + ' |',
+              '| --- ' * (len(steps) + 1) + '|']
+    for e in runs:
+      cells = []
+      for step in steps:
+        point = value_at(list(zip(e['xs'], e['ys'])), step, tolerance)
+        cells.append(f'{point[1]:.0f}' if point else '')
+      lines.append(f'| {e["method"]} {e["seed"]} | ' + ' | '.join(cells) + ' |')
+    lines += ['', f'| run | evaluations | first | end (mean of last '
+              f'{LAST_EVALS}) | end / first | end - first | learns |',
+              '| --- ' * 7 + '|']
+    for e in runs:
+      c = learning_check(e['ys'])
+      lines.append(
+          f'| {e["method"]} {e["seed"]} | {len(e["ys"])} to '
+          f'{max(e["xs"]) // 1000}K | {c["first"]:.0f} | {c["end"]:.0f} | '
+          f'{c["ratio"]:.2f} | {c["gain"]:+.0f} | '
+          f'{"yes" if c["learns"] else "no"} |')
+    lines.append('')
+  lines.append(f'Learns: end >= {LEARN_RATIO} x first and end - first >= '
+               f'{LEARN_GAIN}.')
+  return '\n'.join(lines) + '\n'
+
+
 def main(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--root', required=True)
+  parser.add_argument('--root', help='a sweep root: the paper tables')
+  parser.add_argument('--scores', help='a scores file: the CPU-scale check')
   parser.add_argument('--tolerance', type=int, default=10_000,
                       help='max distance in env steps to the target step')
   parser.add_argument('--out', help='folder for tables.md and tables.csv')
   args = parser.parse_args(argv)
+  if args.scores:
+    if not pathlib.Path(args.scores).is_file():
+      print(f'Error: no scores file at {args.scores}.', file=sys.stderr)
+      return 2
+    print(scores_markdown(json.loads(pathlib.Path(args.scores).read_text())))
+    return 0
+  if not args.root:
+    print('Error: pass --root (a sweep root) or --scores (a scores file).',
+          file=sys.stderr)
+    return 2
   if not pathlib.Path(args.root).is_dir():
     print(f'Error: no sweep root at {args.root}; pass the --root that '
           f'sweep.py or your runs wrote to.', file=sys.stderr)

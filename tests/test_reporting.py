@@ -176,6 +176,31 @@ def test_scores_file_gets_runs_replaced_by_key_and_plots(tmp_path):
   assert matplotlib.image.imread(out).std() > 0
 
 
+def test_learning_check_uses_the_mean_of_the_last_three_evaluations(capsys):
+  # End = mean(250, 240, 260) = 250: 1.84 x and +114 over 136 learns; one
+  # high last point alone (mean 230, +94) does not.
+  check = tables.learning_check([136, 431, 250, 240, 260])
+  assert check['end'] == pytest.approx(250.0)
+  assert check['ratio'] == pytest.approx(250 / 136) and check['learns']
+  assert not tables.learning_check([136, 136, 140, 150, 400])['learns']
+  # +100 alone is not enough from a high start: 1.4 x.
+  assert not tables.learning_check([250, 350, 350, 350])['learns']
+  entries = [
+      dict(task='dmc_cartpole_balance', method='dreamer', seed=0,
+           xs=[5000, 8000, 10000, 15000], ys=[136, 300, 250, 260]),
+      dict(task='dmc_cartpole_balance', method='upstream_dreamer', seed=1,
+           xs=[5000, 10000], ys=[157, 150])]
+  text = tables.scores_markdown(entries)
+  lines = text.splitlines()
+  # Upstream first; 8K is not a column; a missing 15K stays blank.
+  assert '| upstream_dreamer 1 | 157 | 150 |  |' in lines
+  assert '| dreamer 0 | 136 | 250 | 260 |' in lines
+  assert '| dreamer 0 | 4 to 15K | 136 | 270 | 1.99 | +134 | yes |' in lines
+  assert '| upstream_dreamer 1 | 2 to 10K | 157 | 154 | 0.98 | -4 | no |' in lines
+  assert tables.main([]) == 2
+  assert 'pass --root' in capsys.readouterr().err
+
+
 def test_diagnostics_plot_reads_the_idm_metrics(tmp_path):
   import matplotlib.image
   run = tmp_path / 'idm' / '0'
