@@ -20,6 +20,9 @@ IDM's diagnostics (evaluator, weights, constraint, derived memory) over runs:
 
   python plotting.py --diagnostics RUN [RUN ...] --out docs/diagnostics.png
 
+--save FILE also writes their curves to a small JSON file, which --diagnostics
+reads in place of run folders once the logdirs are gone.
+
 What the robustness suite shows the agent, per task, kind and level:
 
   python plotting.py --perturbations dmc_walker_walk dmc_cartpole_swingup --out docs/perturbations.png
@@ -280,7 +283,26 @@ DIAGNOSTICS = (
 )
 
 
-def plot_diagnostics(logdirs, filename):
+def load_diagnostics(paths):
+  """{run name: {metric: [(step, value), ...]}} of IDM's metrics and the test
+  return, from run folders (metrics.jsonl) or from a file written by --save,
+  which keeps the curves once the logdirs are gone."""
+  keys = [k for _, panel, _ in DIAGNOSTICS for k in panel] + ['test/return']
+  runs = {}
+  for path in map(pathlib.Path, paths):
+    if path.is_file():
+      for name, curves in json.loads(path.read_text()).items():
+        runs[name] = {k: [tuple(p) for p in v] for k, v in curves.items()}
+      continue
+    if not (path / 'metrics.jsonl').exists():
+      raise ValueError(f'{path} is neither a run folder with metrics.jsonl '
+                       f'nor a file written by --diagnostics ... --save.')
+    runs['/'.join(path.parts[-2:])] = {
+        k: tables.load_curve(path / 'metrics.jsonl', k) for k in keys}
+  return runs
+
+
+def plot_diagnostics(runs, filename):
   """IDM's metrics against env steps, one line per run and metric."""
   import matplotlib
   matplotlib.use('Agg')
@@ -291,12 +313,10 @@ def plot_diagnostics(logdirs, filename):
                            squeeze=False)
   styles = ('-', '--', ':')
   for ax, (title, keys, log) in zip(axes.flat, DIAGNOSTICS):
-    for index, logdir in enumerate(logdirs):
-      name = '/'.join(pathlib.Path(logdir).parts[-2:])
+    for index, (name, curves) in enumerate(runs.items()):
       for key, style in zip(keys, styles):
-        curve = tables.load_curve(pathlib.Path(logdir) / 'metrics.jsonl', key)
-        if curve:
-          steps, values = zip(*curve)
+        if curves.get(key):
+          steps, values = zip(*curves[key])
           ax.plot(steps, values, style, color=f'C{index}', lw=1,
                   label=f'{name} {key}' if len(keys) > 1 else name)
     ax.set_title(title, fontsize=10)
@@ -320,7 +340,10 @@ def main(argv):
   parser.add_argument('--method', help='with --add: its method name')
   parser.add_argument('--seed', type=int, help='with --add: its seed')
   parser.add_argument('--task', help='with --add: task, if no config.yaml')
-  parser.add_argument('--diagnostics', nargs='+', help='IDM runs to plot')
+  parser.add_argument('--diagnostics', nargs='+', metavar='RUN',
+                      help='IDM run folders, or files written by --save')
+  parser.add_argument('--save', help='with --diagnostics: also write their '
+                      'curves to this JSON file')
   parser.add_argument('--perturbations', nargs='+', metavar='TASK',
                       help='tasks to show under every perturbation')
   parser.add_argument('--out', help='output folder (--root) or PNG file')
@@ -342,7 +365,7 @@ def main(argv):
           f'({len(entry["xs"])} evaluations, last {entry["ys"][-1]:.1f} at '
           f'{entry["xs"][-1]}) to {args.scores}.')
     return 0
-  if not args.out:
+  if not args.out and not (args.diagnostics and args.save):
     print('Error: --out is needed to plot.', file=sys.stderr)
     return 2
   if args.scores:
@@ -350,7 +373,17 @@ def main(argv):
     print(f'Wrote {plot_scores(entries, args.out)}.')
     return 0
   if args.diagnostics:
-    print(f'Wrote {plot_diagnostics(args.diagnostics, args.out)}.')
+    try:
+      runs = load_diagnostics(args.diagnostics)
+    except ValueError as e:
+      print(f'Error: {e}', file=sys.stderr)
+      return 2
+    if args.save:
+      import tools
+      tools.atomic_write(args.save, json.dumps(runs).encode('utf-8'))
+      print(f'Wrote {args.save} ({len(runs)} runs).')
+    if args.out:
+      print(f'Wrote {plot_diagnostics(runs, args.out)}.')
     return 0
   if args.perturbations:
     print(f'Wrote {plot_perturbations(args.perturbations, args.out)}.')

@@ -213,8 +213,19 @@ def test_diagnostics_plot_reads_the_idm_metrics(tmp_path):
   (run / 'metrics.jsonl').write_text(
       '\n'.join(json.dumps(r) for r in records) + '\n')
   out = tmp_path / 'diagnostics.png'
-  assert plotting.main(['--diagnostics', str(run), '--out', str(out)]) == 0
+  saved = tmp_path / 'diagnostics.json'
+  assert plotting.main(['--diagnostics', str(run), '--out', str(out),
+                        '--save', str(saved)]) == 0
   assert matplotlib.image.imread(out).std() > 0
+  # The saved curves stand in for the run folder and plot the same.
+  runs = plotting.load_diagnostics([saved])
+  assert runs['idm/0']['weight_ess'] == [(1000, 0.9), (2000, 0.9)]
+  assert runs['idm/0']['test/return'] == []
+  again = tmp_path / 'again.png'
+  assert plotting.main(['--diagnostics', str(saved), '--out', str(again)]) == 0
+  assert (matplotlib.image.imread(again) == matplotlib.image.imread(out)).all()
+  assert plotting.main(['--diagnostics', str(tmp_path / 'nothing'),
+                        '--out', str(out)]) == 2
   keys = {k for _, panel, _ in plotting.DIAGNOSTICS for k in panel}
   assert keys == set(records[0]) - {'step'}
 
