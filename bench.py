@@ -100,7 +100,11 @@ IDM_OFF = dict(constraint=False, derived_copies=0, evaluator=False)
 def measure_agent(config, updates, directory, env_steps):
   import tensorflow as tf
   dreamer_idm.setup_precision(str(config.precision))
-  actdim = 6  # Walker's action size.
+  env = wrappers.make_async_env(config, 'bench env', seed=0)
+  try:
+    actdim = env.action_space.shape[0]  # The task's, e.g. 6 for walker.
+  finally:
+    env.close()
   fake_episodes(directory, config, actdim)
   space = type('Space', (), {'shape': (actdim,)})()
   writer = tf.summary.create_noop_writer()

@@ -283,6 +283,20 @@ def test_bench_replay_links_episodes_and_measures_both_replays(tmp_path):
   assert upstream['episodes'] == 6 and upstream['rss_gb'] > 0
 
 
+def test_bench_builds_the_agent_for_the_tasks_action_size(tmp_path):
+  # It once assumed walker's 6 actions and failed on cartpole's one.
+  import bench
+  import dreamer_idm
+  config = dreamer_idm.parse_args(
+      ['--configs', 'defaults', 'dmc', 'dreamer', 'debug', '--task',
+       'dmc_cartpole_balance', '--time_limit', '40', '--logdir',
+       str(tmp_path)])
+  result = bench.measure_agent(config, 1, tmp_path / 'episodes', 10)
+  (episode, *_) = sorted((tmp_path / 'episodes').glob('*.npz'))
+  assert np.load(episode)['action'].shape == (21, 1)
+  assert result['update_seconds'] > 0 and result['env_steps_per_sec_agent'] > 0
+
+
 def test_perturbation_figure_shows_every_kind(tmp_path):
   import matplotlib.image
   filename = plotting.plot_perturbations(
