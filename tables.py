@@ -315,7 +315,8 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
   lines = []
   order = {m: i for i, m in enumerate(
       ('upstream_dreamer', 'dreamer', 'idm') + PRESETS)}
-  key = lambda e: (order.get(e['method'], len(order)), e['method'], e['seed'])
+  rank = lambda m: (order.get(m, len(order)), m)
+  key = lambda e: (*rank(e['method']), e['seed'])
   for task in sorted({e['task'] for e in entries}):
     runs = sorted([e for e in entries if e['task'] == task], key=key)
     last = max(max(e['xs']) for e in runs)
@@ -339,6 +340,15 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
           f'{max(e["xs"]) // 1000}K | {c["first"]:.0f} | {c["end"]:.0f} | '
           f'{c["ratio"]:.2f} | {c["gain"]:+.0f} | '
           f'{"yes" if c["learns"] else "no"} |')
+    # Per method: how many seeds pass the bar, and the seeds' end values.
+    lines += ['', '| method | seeds that learn | end: mean | end: min to max |',
+              '| --- ' * 4 + '|']
+    for method in sorted({e['method'] for e in runs}, key=rank):
+      checks = [learning_check(e['ys']) for e in runs if e['method'] == method]
+      ends = [c['end'] for c in checks]
+      lines.append(
+          f'| {method} | {sum(c["learns"] for c in checks)} of {len(checks)} '
+          f'| {np.mean(ends):.0f} | {min(ends):.0f} to {max(ends):.0f} |')
     lines.append('')
   lines.append(f'Learns: end >= {LEARN_RATIO} x first and end - first >= '
                f'{LEARN_GAIN}.')
