@@ -833,23 +833,25 @@ def run(config, datadir, writer, logger, train_envs, test_envs, actspace,
   # Train and regularly evaluate the agent.
   step = count_steps(datadir, config)
   agent = Dreamer(config, datadir, actspace, writer, logger)
-  evaluated = False
+  evaluated_at = None
   if checkpoint is not None:
     agent.load(checkpoint, checkpoint_path)
-    evaluated = checkpoint['step'] == step
+    evaluated_at = checkpoint['step']
     print(f'Resumed from checkpoint at step {checkpoint["step"]}; '
           f'{step} env steps stored.', flush=True)
   print(f'Simulating agent for {max(0, config.steps - step)} steps.', flush=True)
   state = None
   while True:
-    if not evaluated:
+    # Once per step count: a collection too short to finish an episode stores
+    # nothing, and the same step must not be evaluated twice.
+    if step != evaluated_at:
       print('Start evaluation.', flush=True)
       for envs in test_envs.values():
         tools.simulate(
             functools.partial(agent, training=False), envs, episodes=1)
       writer.flush()
       agent.save(checkpoint_path)
-    evaluated = False
+      evaluated_at = step
     if step >= config.steps:
       break
     print('Start collection.', flush=True)

@@ -238,17 +238,21 @@ def test_train_evaluate_checkpoint_and_resume(tmp_path):
   for name in killed:
     assert tools.load_episode(logdir / 'episodes' / name) is not None
 
-  out = _train(logdir, '--steps', '600')
+  # Evaluating every 60 env steps with 100-step episodes: the collection
+  # after 700 is covered by the steps that the one before overshot, stores no
+  # episode, and 700 must not be evaluated a second time.
+  out = _train(logdir, '--steps', '760', '--eval_every', '60')
   assert 'Prefill dataset with 0 steps.' in out
   assert 'Resumed from checkpoint at step 400; 500 env steps stored.' in out
   # The checkpoint is older than the data, so this run evaluates first.
   assert out.index('Start evaluation.') < out.index('Start collection.')
+  assert out.count('Start evaluation.') == 4
   after = sorted(p.name for p in (logdir / 'episodes').glob('*.npz'))
-  assert set(killed) < set(after) and len(after) == 6
-  assert tools.read_checkpoint(logdir / 'variables.pkl')['step'] == 600
+  assert set(killed) < set(after) and len(after) == 8
+  assert tools.read_checkpoint(logdir / 'variables.pkl')['step'] == 800
   records = _records(logdir)
   assert [r['step'] for r in records if 'test/return' in r] == [
-      100, 300, 400, 500, 600]
+      100, 300, 400, 500, 600, 700, 800]
 
   # evaluate.py on the trained run: plain and rotated test episodes. It needs
   # only the checkpoint and config, not the episodes.
@@ -258,8 +262,8 @@ def test_train_evaluate_checkpoint_and_resume(tmp_path):
        '2', '--rotation', '5'],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr
-  report = json.loads((logdir / 'eval_600.json').read_text())
-  assert report['step'] == 600 and report['task'] == 'dmc_walker_walk'
+  report = json.loads((logdir / 'eval_800.json').read_text())
+  assert report['step'] == 800 and report['task'] == 'dmc_walker_walk'
   plain, rotated = report['results']
   assert plain['perturbation'] == dict(
       rotation=0.0, noise_std=0.0, shift=0, color=0.0, camera=0.0,
@@ -274,7 +278,7 @@ def test_train_evaluate_checkpoint_and_resume(tmp_path):
   command = [sys.executable, 'evaluate.py', '--logdir', str(logdir),
              '--suite', '--episodes', '2', '--kinds', 'rotation', 'camera',
              '--levels', '0.3']
-  suite_file = logdir / 'robustness_600.json'
+  suite_file = logdir / 'robustness_800.json'
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
@@ -289,7 +293,7 @@ def test_train_evaluate_checkpoint_and_resume(tmp_path):
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr
-  assert (f'Resuming robustness_600.json: {len(before)} cells done, '
+  assert (f'Resuming robustness_800.json: {len(before)} cells done, '
           f'{3 - len(before)} to run.') in result.stdout
   assert re.search(r'\[cell \d/\d+ \w+ [\d.]+\] episode 2/2 return [\d.-]+ \| '
                    r'\d+/\d+ episodes \| [\d.]+ s/episode \| ETA ', result.stdout)
@@ -302,12 +306,12 @@ def test_train_evaluate_checkpoint_and_resume(tmp_path):
   by_cell = {(c['kind'], c['level']): c for c in cells}
   assert by_cell[('rotation', 0.3)]['settings']['rotation'] == 27.0
   assert by_cell[('camera', 0.3)]['settings']['camera'] == 0.3
-  table = (logdir / 'robustness_600.md').read_text()
+  table = (logdir / 'robustness_800.md').read_text()
   none = np.array(by_cell[('none', 0.0)]['returns'])
   half = scipy.stats.t.ppf(0.975, 1) * none.std(ddof=1) / np.sqrt(2)
   assert f'| camera | {none.mean():.1f} ± {half:.1f} |' in table
   assert table in result.stdout
-  assert (logdir / 'robustness_600.png').stat().st_size > 1000
+  assert (logdir / 'robustness_800.png').stat().st_size > 1000
 
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
