@@ -842,8 +842,8 @@ def run(config, datadir, writer, logger, train_envs, test_envs, actspace,
   print(f'Simulating agent for {max(0, config.steps - step)} steps.', flush=True)
   state = None
   while True:
-    # Once per step count: a collection too short to finish an episode stores
-    # nothing, and the same step must not be evaluated twice.
+    # Once per step count: a collection whose request the previous one's
+    # overshoot already covered stores nothing; the step stays the same.
     if step != evaluated_at:
       print('Start evaluation.', flush=True)
       for envs in test_envs.values():
