@@ -340,15 +340,23 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
           f'{max(e["xs"]) // 1000}K | {c["first"]:.0f} | {c["end"]:.0f} | '
           f'{c["ratio"]:.2f} | {c["gain"]:+.0f} | '
           f'{"yes" if c["learns"] else "no"} |')
-    # Per method: how many seeds pass the bar, and the seeds' end values.
-    lines += ['', '| method | seeds that learn | end: mean | end: min to max |',
-              '| --- ' * 4 + '|']
+    # Per method: how many seeds pass the bar, and the seeds' end values with
+    # a bootstrap interval of their mean: a few seeds give wide intervals.
+    lines += ['', '| method | seeds that learn | end: mean [95% CI] | '
+              'end: min to max |', '| --- ' * 4 + '|']
+    ends = {}
     for method in sorted({e['method'] for e in runs}, key=rank):
       checks = [learning_check(e['ys']) for e in runs if e['method'] == method]
-      ends = [c['end'] for c in checks]
+      ends[method] = [c['end'] for c in checks]
       lines.append(
           f'| {method} | {sum(c["learns"] for c in checks)} of {len(checks)} '
-          f'| {np.mean(ends):.0f} | {min(ends):.0f} to {max(ends):.0f} |')
+          f'| {_estimate(*interval([ends[method]], mean), digits=0)} | '
+          f'{min(ends[method]):.0f} to {max(ends[method]):.0f} |')
+    # Each program against the one it extends, seed by seed end values.
+    for x, y in (('dreamer', 'upstream_dreamer'), ('idm', 'dreamer')):
+      if x in ends and y in ends:
+        value = interval([ends[x], ends[y]], improvement)
+        lines.append(f'\nP({x} end > {y} end): {_estimate(*value, digits=2)}.')
     lines.append('')
   lines.append(f'Learns: end >= {LEARN_RATIO} x first and end - first >= '
                f'{LEARN_GAIN}.')

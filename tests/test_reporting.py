@@ -191,7 +191,11 @@ def test_learning_check_uses_the_mean_of_the_last_three_evaluations(capsys):
       dict(task='dmc_cartpole_balance', method='upstream_dreamer', seed=1,
            xs=[5000, 10000], ys=[157, 150]),
       dict(task='dmc_cartpole_balance', method='dreamer', seed=1,
-           xs=[5000, 10000], ys=[136, 192])]
+           xs=[5000, 10000], ys=[136, 192]),
+      dict(task='dmc_cartpole_balance', method='idm', seed=0,
+           xs=[5000, 10000], ys=[100, 500]),
+      dict(task='dmc_cartpole_balance', method='idm', seed=1,
+           xs=[5000, 10000], ys=[136, 264])]
   text = tables.scores_markdown(entries)
   lines = text.splitlines()
   # Upstream first; 8K is not a column; a missing 15K stays blank.
@@ -199,9 +203,14 @@ def test_learning_check_uses_the_mean_of_the_last_three_evaluations(capsys):
   assert '| dreamer 0 | 136 | 250 | 260 |' in lines
   assert '| dreamer 0 | 4 to 15K | 136 | 270 | 1.99 | +134 | yes |' in lines
   assert '| upstream_dreamer 1 | 2 to 10K | 157 | 154 | 0.98 | -4 | no |' in lines
-  assert '| upstream_dreamer | 0 of 1 | 154 | 154 to 154 |' in lines
-  # Dreamer's seeds end at 270 and 164: one of two learns, mean 217.
-  assert '| dreamer | 1 of 2 | 217 | 164 to 270 |' in lines
+  assert ('| upstream_dreamer | 0 of 1 | 154 (no CI: a task has 1 seed) | '
+          '154 to 154 |') in lines
+  # Dreamer's seeds end at 270 and 164: one of two learns, mean 217; two
+  # seeds resample to means 164, 217 or 270, so the interval is the range.
+  assert '| dreamer | 1 of 2 | 217 [164, 270] | 164 to 270 |' in lines
+  assert 'P(dreamer end > upstream_dreamer end): 1.00 (no CI' in text
+  # IDM ends 300 and 200 against 270 and 164: 3 of 4 pairs.
+  assert 'P(idm end > dreamer end): 0.75 [' in text
   assert tables.main([]) == 2
   assert 'pass --root' in capsys.readouterr().err
 
