@@ -134,8 +134,8 @@ def profile(taus):
 
 
 def t_interval(returns):
-  """The mean of one cell's episode returns and the half-width of its 95%
-  t-interval (None for one episode)."""
+  """The mean of `returns` (one cell's episodes, or seeds' end values) and the
+  half-width of its 95% t-interval (None for a single value)."""
   from scipy import stats
   returns = np.asarray(returns, float)
   if len(returns) < 2:
@@ -193,10 +193,15 @@ def aggregates(runs, presets, target, tolerance):
   return rows, pair
 
 
-def _estimate(value, ci, digits=3):
+def _estimate(value, ci, digits=3, single='a task has 1 seed'):
   if ci is None:
-    return f'{value:.{digits}f} (no CI: a task has 1 seed)'
+    return f'{value:.{digits}f} (no CI: {single})'
   return f'{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]'
+
+
+def _t_estimate(values):
+  value, half = t_interval(values)
+  return f'{value:.0f} (1 seed)' if half is None else f'{value:.0f} ± {half:.0f}'
 
 
 def aggregate_markdown(root, tolerance):
@@ -313,8 +318,9 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
   """Per task: test return of each run at every `every` env steps (the
   evaluation within `tolerance` steps, else blank), then the learning check."""
   lines = []
-  order = {m: i for i, m in enumerate(
-      ('upstream_dreamer', 'dreamer', 'idm') + PRESETS)}
+  # Upstream, ours, then the presets: first place wins (PRESETS repeats ours).
+  order = {m: i for i, m in enumerate(dict.fromkeys(
+      ('upstream_dreamer', 'dreamer', 'idm') + PRESETS))}
   rank = lambda m: (order.get(m, len(order)), m)
   key = lambda e: (*rank(e['method']), e['seed'])
   for task in sorted({e['task'] for e in entries}):
@@ -341,8 +347,9 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
           f'{c["ratio"]:.2f} | {c["gain"]:+.0f} | '
           f'{"yes" if c["learns"] else "no"} |')
     # Per method: how many seeds pass the bar, and the seeds' end values with
-    # a bootstrap interval of their mean: a few seeds give wide intervals.
-    lines += ['', '| method | seeds that learn | end: mean [95% CI] | '
+    # a t-interval of their mean: a bootstrap's stays inside the seeds' range,
+    # far too narrow for three or four seeds.
+    lines += ['', '| method | seeds that learn | end: mean ± 95% t-interval | '
               'end: min to max |', '| --- ' * 4 + '|']
     ends = {}
     for method in sorted({e['method'] for e in runs}, key=rank):
@@ -350,13 +357,14 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
       ends[method] = [c['end'] for c in checks]
       lines.append(
           f'| {method} | {sum(c["learns"] for c in checks)} of {len(checks)} '
-          f'| {_estimate(*interval([ends[method]], mean), digits=0)} | '
+          f'| {_t_estimate(ends[method])} | '
           f'{min(ends[method]):.0f} to {max(ends[method]):.0f} |')
     # Each program against the one it extends, seed by seed end values.
     for x, y in (('dreamer', 'upstream_dreamer'), ('idm', 'dreamer')):
       if x in ends and y in ends:
         value = interval([ends[x], ends[y]], improvement)
-        lines.append(f'\nP({x} end > {y} end): {_estimate(*value, digits=2)}.')
+        lines.append(f'\nP({x} end > {y} end): '
+                     f'{_estimate(*value, digits=2, single="1 seed")}.')
     lines.append('')
   lines.append(f'Learns: end >= {LEARN_RATIO} x first and end - first >= '
                f'{LEARN_GAIN}.')

@@ -203,12 +203,14 @@ def test_learning_check_uses_the_mean_of_the_last_three_evaluations(capsys):
   assert '| dreamer 0 | 136 | 250 | 260 |' in lines
   assert '| dreamer 0 | 4 to 15K | 136 | 270 | 1.99 | +134 | yes |' in lines
   assert '| upstream_dreamer 1 | 2 to 10K | 157 | 154 | 0.98 | -4 | no |' in lines
-  assert ('| upstream_dreamer | 0 of 1 | 154 (no CI: a task has 1 seed) | '
-          '154 to 154 |') in lines
-  # Dreamer's seeds end at 270 and 164: one of two learns, mean 217; two
-  # seeds resample to means 164, 217 or 270, so the interval is the range.
-  assert '| dreamer | 1 of 2 | 217 [164, 270] | 164 to 270 |' in lines
-  assert 'P(dreamer end > upstream_dreamer end): 1.00 (no CI' in text
+  assert '| upstream_dreamer | 0 of 1 | 154 (1 seed) | 154 to 154 |' in lines
+  # Dreamer's seeds end at 270 and 164: one of two learns, mean 217; the
+  # t-interval's half-width is t(0.975, 1) 12.706 x sem 53.0 = 673.
+  assert '| dreamer | 1 of 2 | 217 ± 673 | 164 to 270 |' in lines
+  # Upstream, then ours in the order dreamer, idm.
+  assert (lines.index('| dreamer | 1 of 2 | 217 ± 673 | 164 to 270 |')
+          < next(i for i, row in enumerate(lines) if row.startswith('| idm |')))
+  assert 'P(dreamer end > upstream_dreamer end): 1.00 (no CI: 1 seed).' in text
   # IDM ends 300 and 200 against 270 and 164: 3 of 4 pairs.
   assert 'P(idm end > dreamer end): 0.75 [' in text
   assert tables.main([]) == 2
