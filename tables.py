@@ -314,6 +314,26 @@ def learning_check(ys):
               learns=end >= LEARN_RATIO * first and end - first >= LEARN_GAIN)
 
 
+def _spread_markdown(points, steps, x, y):
+  """The CPU check's first bar: at each matched step, is x's mean within
+  y's seeds' spread, and which of x's seeds fall under y's lowest?"""
+  lines = ['', f'| env steps | {y}: min to max | {x}: mean | {x} mean is | '
+           f'{x} seeds under {y} min |', '| --- ' * 5 + '|']
+  for i, step in enumerate(steps):
+    values = {m: {seed: p[i][1] for (method, seed), p in points.items()
+                  if method == m and p[i]} for m in (x, y)}
+    if not values[x] or not values[y]:
+      continue
+    low, high = min(values[y].values()), max(values[y].values())
+    mean = np.mean(list(values[x].values()))
+    where = 'below' if mean < low else 'above' if mean > high else 'within'
+    under = ', '.join(f'{seed} ({v:.1f})' for seed, v in values[x].items()
+                      if v < low)
+    lines.append(f'| {step // 1000}K | {low:.0f} to {high:.0f} | {mean:.0f} '
+                 f'| {where} | {under} |')
+  return lines
+
+
 def scores_markdown(entries, every=5_000, tolerance=1_000):
   """Per task: test return of each run at every `every` env steps (the
   evaluation within `tolerance` steps, else blank), then the learning check."""
@@ -327,14 +347,15 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
     runs = sorted([e for e in entries if e['task'] == task], key=key)
     last = max(max(e['xs']) for e in runs)
     steps = list(range(every, last + 1, every))
+    points = {(e['method'], e['seed']): [
+        value_at(list(zip(e['xs'], e['ys'])), step, tolerance)
+        for step in steps] for e in runs}
     lines += [f'### {task}\n',
               '| run | ' + ' | '.join(f'{s // 1000}K' for s in steps) + ' |',
               '| --- ' * (len(steps) + 1) + '|']
     for e in runs:
-      cells = []
-      for step in steps:
-        point = value_at(list(zip(e['xs'], e['ys'])), step, tolerance)
-        cells.append(f'{point[1]:.0f}' if point else '')
+      cells = [f'{p[1]:.0f}' if p else ''
+               for p in points[(e['method'], e['seed'])]]
       lines.append(f'| {e["method"]} {e["seed"]} | ' + ' | '.join(cells) + ' |')
     lines += ['', f'| run | evaluations | first | end (mean of last '
               f'{LAST_EVALS}) | end / first | end - first | learns |',
@@ -365,6 +386,7 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
         value = interval([ends[x], ends[y]], improvement)
         lines.append(f'\nP({x} end > {y} end): '
                      f'{_estimate(*value, digits=2, single="1 seed")}.')
+        lines += _spread_markdown(points, steps, x, y)
     lines.append('')
   lines.append(f'Learns: end >= {LEARN_RATIO} x first and end - first >= '
                f'{LEARN_GAIN}.')

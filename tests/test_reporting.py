@@ -213,6 +213,15 @@ def test_learning_check_uses_the_mean_of_the_last_three_evaluations(capsys):
   assert 'P(dreamer end > upstream_dreamer end): 1.00 (no CI: 1 seed).' in text
   # IDM ends 300 and 200 against 270 and 164: 3 of 4 pairs.
   assert 'P(idm end > dreamer end): 0.75 [' in text
+  # Each program's mean against the seeds' spread of the one it extends: at
+  # 5K dreamer's 136 and 136 are both under upstream's only seed, 157; at 10K
+  # their mean 221 is above its 150; 15K, where upstream has no point, is left
+  # out. IDM's mean 118 at 5K is under dreamer's 136, with seed 0's 100.
+  assert '| 5K | 157 to 157 | 136 | below | 0 (136.0), 1 (136.0) |' in lines
+  assert '| 10K | 150 to 150 | 221 | above |  |' in lines
+  assert '| 5K | 136 to 136 | 118 | below | 0 (100.0) |' in lines
+  assert '| 10K | 192 to 250 | 382 | above |  |' in lines
+  assert not any(row.startswith('| 15K |') for row in lines)
   assert tables.main([]) == 2
   assert 'pass --root' in capsys.readouterr().err
 
