@@ -280,6 +280,9 @@ DIAGNOSTICS = (
     ('states over the margin', ('constraint_over_margin',), False),
     ('imagined return', ('imag_return_original', 'imag_return_derived'),
      False),
+    # Not IDM's: the actor's collapse onto one action that decides whether a
+    # CPU-scale run learns (README, "Does it learn?").
+    ('action entropy', ('action_ent',), False),
 )
 
 

@@ -234,7 +234,8 @@ def test_diagnostics_plot_reads_the_idm_metrics(tmp_path):
                   weight_ess=0.9, weight_max_rel=3.0, weight_min_rel=0.2,
                   weight_derived_share=0.45, constraint_kl=10.0,
                   constraint_over_margin=0.1, imag_return_original=5.0,
-                  imag_return_derived=4.0) for s in (1000, 2000)]
+                  imag_return_derived=4.0, action_ent=-2.0)
+             for s in (1000, 2000)]
   (run / 'metrics.jsonl').write_text(
       '\n'.join(json.dumps(r) for r in records) + '\n')
   out = tmp_path / 'diagnostics.png'
