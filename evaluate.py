@@ -68,11 +68,27 @@ def run_episodes(agent, config, perturb, episodes, callback=None):
   return returns
 
 
-def evaluate(logdir, episodes, perturbations):
+def episode_progress(label, done_before, episodes, total, start, log):
+  """A callback that logs each finished episode with the count and an ETA."""
+  def progress(returns):
+    finished = done_before + len(returns)
+    rate = (time.time() - start) / finished
+    log(f'[{label}] episode {len(returns)}/{episodes} return '
+        f'{returns[-1]:.1f} | {finished}/{total} episodes | {rate:.1f} '
+        f's/episode | ETA {tools.format_duration(rate * (total - finished))}')
+  return progress
+
+
+def evaluate(logdir, episodes, perturbations, log=print):
   agent, config, checkpoint = load_agent(logdir)
   results = []
-  for perturb in perturbations:
-    returns = run_episodes(agent, config, perturb, episodes)
+  total, start = len(perturbations) * episodes, time.time()
+  for index, perturb in enumerate(perturbations):
+    name = ' '.join(f'{k}={v:g}' for k, v in perturb.items() if v) or 'none'
+    progress = episode_progress(
+        f'perturbation {index + 1}/{len(perturbations)} {name}',
+        index * episodes, episodes, total, start, log)
+    returns = run_episodes(agent, config, perturb, episodes, progress)
     results.append(dict(
         perturbation=perturb, returns=returns, mean=float(np.mean(returns)),
         std=float(np.std(returns))))
@@ -133,13 +149,9 @@ def suite(logdir, episodes, kinds, levels, dynamic, log=print):
         f'{len(todo)} to run.')
   total, start = len(todo) * episodes, time.time()
   for index, (kind, level, settings) in enumerate(todo):
-    def progress(returns):
-      finished = index * episodes + len(returns)
-      rate = (time.time() - start) / finished
-      log(f'[cell {index + 1}/{len(todo)} {kind} {level:g}] episode '
-          f'{len(returns)}/{episodes} return {returns[-1]:.1f} | '
-          f'{finished}/{total} episodes | {rate:.1f} s/episode | ETA '
-          f'{tools.format_duration(rate * (total - finished))}')
+    progress = episode_progress(
+        f'cell {index + 1}/{len(todo)} {kind} {level:g}', index * episodes,
+        episodes, total, start, log)
     returns = run_episodes(agent, config, settings, episodes, progress)
     report['cells'].append(
         dict(kind=kind, level=level, settings=settings, returns=returns))

@@ -273,6 +273,9 @@ def test_train_evaluate_checkpoint_and_resume(tmp_path):
     assert len(entry['returns']) == 2
     assert entry['mean'] == pytest.approx(sum(entry['returns']) / 2)
   assert 'perturbation {\'rotation\': 5.0}: return' in result.stdout
+  assert re.search(r'\[perturbation 2/2 rotation=5\] episode 2/2 return '
+                   r'[\d.-]+ \| 4/4 episodes \| [\d.]+ s/episode \| ETA ',
+                   result.stdout)
 
   # The robustness suite, killed after its first cell, then resumed.
   command = [sys.executable, 'evaluate.py', '--logdir', str(logdir),
