@@ -314,6 +314,18 @@ def learning_check(ys):
               learns=end >= LEARN_RATIO * first and end - first >= LEARN_GAIN)
 
 
+def _learners_markdown(x, y, x_learns, y_learns):
+  """Could the two programs' counts of seeds that learn differ by chance?
+  Fisher's exact test on the 2 x 2 table of learns / not, two-sided."""
+  from scipy import stats
+  table = [[sum(x_learns), len(x_learns) - sum(x_learns)],
+           [sum(y_learns), len(y_learns) - sum(y_learns)]]
+  p = stats.fisher_exact(table).pvalue
+  return (f'Seeds that learn: {x} {table[0][0]} of {len(x_learns)}, {y} '
+          f'{table[1][0]} of {len(y_learns)}; Fisher\'s exact test, '
+          f'two-sided: p = {p:.2f}.')
+
+
 def _spread_markdown(points, steps, x, y):
   """The CPU check's first bar: at each matched step, is x's mean within
   y's seeds' spread, and which of x's seeds fall under y's lowest?"""
@@ -372,10 +384,11 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
     # far too narrow for three or four seeds.
     lines += ['', '| method | seeds that learn | end: mean ± 95% t-interval | '
               'end: min to max |', '| --- ' * 4 + '|']
-    ends = {}
+    ends, learned = {}, {}
     for method in sorted({e['method'] for e in runs}, key=rank):
       checks = [learning_check(e['ys']) for e in runs if e['method'] == method]
       ends[method] = [c['end'] for c in checks]
+      learned[method] = [c['learns'] for c in checks]
       lines.append(
           f'| {method} | {sum(c["learns"] for c in checks)} of {len(checks)} '
           f'| {_t_estimate(ends[method])} | '
@@ -386,6 +399,7 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
         value = interval([ends[x], ends[y]], improvement)
         lines.append(f'\nP({x} end > {y} end): '
                      f'{_estimate(*value, digits=2, single="1 seed")}.')
+        lines.append(_learners_markdown(x, y, learned[x], learned[y]))
         lines += _spread_markdown(points, steps, x, y)
     lines.append('')
   lines.append(f'Learns: end >= {LEARN_RATIO} x first and end - first >= '

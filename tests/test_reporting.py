@@ -222,6 +222,23 @@ def test_learning_check_uses_the_mean_of_the_last_three_evaluations(capsys):
   assert '| 5K | 136 to 136 | 118 | below | 0 (100.0) |' in lines
   assert '| 10K | 192 to 250 | 382 | above |  |' in lines
   assert not any(row.startswith('| 15K |') for row in lines)
+  # One of two against none of one, and two of two against one of two: any
+  # split of so few seeds is as likely as the one seen.
+  assert ('Seeds that learn: dreamer 1 of 2, upstream_dreamer 0 of 1; '
+          "Fisher's exact test, two-sided: p = 1.00.") in lines
+  # Five of six against two of six: 7 of 12 seeds learn; of the 924 ways to
+  # pick upstream's six, C(7, k) C(5, 6 - k) give k learners (7, 105, 350,
+  # 350, 105, 7 for k = 1..6), and the splits as unlikely as k = 2 sum to
+  # 224: p = 0.24.
+  learns = [136, 300, 260, 250]
+  fails = [136, 150, 150, 150]
+  entries = [dict(task='dmc_cartpole_balance', method=method, seed=seed,
+                  xs=[5000, 10000, 15000, 20000], ys=ys)
+             for method, k in (('dreamer', 5), ('upstream_dreamer', 2))
+             for seed, ys in enumerate([learns] * k + [fails] * (6 - k))]
+  assert ('Seeds that learn: dreamer 5 of 6, upstream_dreamer 2 of 6; '
+          "Fisher's exact test, two-sided: p = 0.24.") in (
+              tables.scores_markdown(entries).splitlines())
   assert tables.main([]) == 2
   assert 'pass --root' in capsys.readouterr().err
 
