@@ -390,7 +390,7 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
       ends[method] = [c['end'] for c in checks]
       learned[method] = [c['learns'] for c in checks]
       lines.append(
-          f'| {method} | {sum(c["learns"] for c in checks)} of {len(checks)} '
+          f'| {method} | {sum(learned[method])} of {len(checks)} '
           f'| {_t_estimate(ends[method])} | '
           f'{min(ends[method]):.0f} to {max(ends[method]):.0f} |')
     # Each program against the one it extends, seed by seed end values.
