@@ -314,6 +314,22 @@ def learning_check(ys):
               learns=end >= LEARN_RATIO * first and end - first >= LEARN_GAIN)
 
 
+def _p_value(p):
+  # Two decimals, but two significant digits below 0.1 where they matter.
+  return f'{p:.2g}' if p < 0.1 else f'{p:.2f}'
+
+
+def _ends_markdown(x, y, x_ends, y_ends):
+  """P(x end > y end) with its bootstrap interval, and whether the ends could
+  differ by chance: the Mann-Whitney U test, whose U / (n m) is that P."""
+  from scipy import stats
+  value = interval([x_ends, y_ends], improvement)
+  p = stats.mannwhitneyu(x_ends, y_ends).pvalue
+  return (f'P({x} end > {y} end): '
+          f'{_estimate(*value, digits=2, single="1 seed")}; Mann-Whitney U '
+          f'test, two-sided: p = {_p_value(p)}.')
+
+
 def _learners_markdown(x, y, x_learns, y_learns):
   """Could the two programs' counts of seeds that learn differ by chance?
   Fisher's exact test on the 2 x 2 table of learns / not, two-sided."""
@@ -323,7 +339,7 @@ def _learners_markdown(x, y, x_learns, y_learns):
   p = stats.fisher_exact(table).pvalue
   return (f'Seeds that learn: {x} {table[0][0]} of {len(x_learns)}, {y} '
           f'{table[1][0]} of {len(y_learns)}; Fisher\'s exact test, '
-          f'two-sided: p = {p:.2f}.')
+          f'two-sided: p = {_p_value(p)}.')
 
 
 def _spread_markdown(points, steps, x, y):
@@ -396,9 +412,7 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
     # Each program against the one it extends, seed by seed end values.
     for x, y in (('dreamer', 'upstream_dreamer'), ('idm', 'dreamer')):
       if x in ends and y in ends:
-        value = interval([ends[x], ends[y]], improvement)
-        lines.append(f'\nP({x} end > {y} end): '
-                     f'{_estimate(*value, digits=2, single="1 seed")}.')
+        lines.append('\n' + _ends_markdown(x, y, ends[x], ends[y]))
         lines.append(_learners_markdown(x, y, learned[x], learned[y]))
         lines += _spread_markdown(points, steps, x, y)
     lines.append('')

@@ -210,9 +210,23 @@ def test_learning_check_uses_the_mean_of_the_last_three_evaluations(capsys):
   # Upstream, then ours in the order dreamer, idm.
   assert (lines.index('| dreamer | 1 of 2 | 217 ± 673 | 164 to 270 |')
           < next(i for i, row in enumerate(lines) if row.startswith('| idm |')))
-  assert 'P(dreamer end > upstream_dreamer end): 1.00 (no CI: 1 seed).' in text
-  # IDM ends 300 and 200 against 270 and 164: 3 of 4 pairs.
+  # Mann-Whitney U: with two seeds against one, each of the three ranks of
+  # the one is as likely; U = 2 is the highest, so p = 2 x 1/3.
+  assert ('P(dreamer end > upstream_dreamer end): 1.00 (no CI: 1 seed); '
+          'Mann-Whitney U test, two-sided: p = 0.67.') in text
+  # IDM ends 300 and 200 against 270 and 164: 3 of 4 pairs; of the 6 rank
+  # orders of two against two, U = 3 or 4 in 2: p = 2 x 2/6.
   assert 'P(idm end > dreamer end): 0.75 [' in text
+  assert 'Mann-Whitney U test, two-sided: p = 0.67.' in text.split(
+      'P(idm end > dreamer end)')[1]
+  # Four ends all above four: 1 of the C(8, 4) = 70 rank orders is as
+  # extreme each way, p = 2/70 = 0.029, two digits that matter.
+  entries = [dict(task='dmc_cartpole_balance', method=method, seed=seed,
+                  xs=[5000], ys=[base + seed])
+             for method, base in (('dreamer', 300), ('upstream_dreamer', 100))
+             for seed in range(4)]
+  assert ('Mann-Whitney U test, two-sided: p = 0.029.'
+          in tables.scores_markdown(entries))
   # Each program's mean against the seeds' spread of the one it extends: at
   # 5K dreamer's 136 and 136 are both under upstream's only seed, 157; at 10K
   # their mean 221 is above its 150; 15K, where upstream has no point, is left
