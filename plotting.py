@@ -46,6 +46,7 @@ STYLE = {
     'idm_evaluator_only': ('IDM w/o CST and DM', 'tab:purple'),
     'dreamer_doubled_batch': ('Doubled-Dreamer', 'tab:gray'),
     'upstream_dreamer': ('upstream Dreamer', 'black'),
+    tables.FROZEN: ('upstream Dreamer, noise frozen by the shim', 'tab:brown'),
 }
 ABLATIONS = tuple(STYLE)
 

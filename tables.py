@@ -305,6 +305,9 @@ def to_csv(rows):
 # LAST_EVALS test returns, since each point is one episode) at least
 # LEARN_RATIO x the first evaluation and LEARN_GAIN higher.
 LAST_EVALS, LEARN_RATIO, LEARN_GAIN = 3, 1.5, 100
+# Upstream's runs under the shim whose TensorFlow global seed froze upstream's
+# RSSM noise over time (REPRODUCING, "The shim's global seed froze ...").
+FROZEN = 'upstream_dreamer_frozen_noise'
 
 
 def learning_check(ys):
@@ -368,7 +371,7 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
   lines = []
   # Upstream, ours, then the presets: first place wins (PRESETS repeats ours).
   order = {m: i for i, m in enumerate(dict.fromkeys(
-      ('upstream_dreamer', 'dreamer', 'idm') + PRESETS))}
+      ('upstream_dreamer', FROZEN, 'dreamer', 'idm') + PRESETS))}
   rank = lambda m: (order.get(m, len(order)), m)
   key = lambda e: (*rank(e['method']), e['seed'])
   for task in sorted({e['task'] for e in entries}):
@@ -409,8 +412,10 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
           f'| {method} | {sum(learned[method])} of {len(checks)} '
           f'| {_t_estimate(ends[method])} | '
           f'{min(ends[method]):.0f} to {max(ends[method]):.0f} |')
-    # Each program against the one it extends, seed by seed end values.
-    for x, y in (('dreamer', 'upstream_dreamer'), ('idm', 'dreamer')):
+    # Each program against the one it extends, seed by seed end values; the
+    # runs of upstream under the shim that froze its RSSM noise against both.
+    for x, y in (('dreamer', 'upstream_dreamer'), ('idm', 'dreamer'),
+                 ('upstream_dreamer', FROZEN), ('dreamer', FROZEN)):
       if x in ends and y in ends:
         lines.append('\n' + _ends_markdown(x, y, ends[x], ends[y]))
         lines.append(_learners_markdown(x, y, learned[x], learned[y]))

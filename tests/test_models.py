@@ -75,6 +75,31 @@ def test_rssm_rows_share_their_noise_only_with_shared_noise(shared):
 
 
 @pytest.mark.parametrize('shared', [False, True])
+def test_rssm_draws_new_noise_at_every_step_in_a_graph_under_a_global_seed(
+    shared):
+  # Training runs in tf.function with a global seed. There, upstream's
+  # nested tf.function steps were inlined with one op seed each, and every
+  # step of a call drew the same noise vector (REPRODUCING, "The shim's
+  # global seed froze upstream's RSSM noise").
+  tf.random.set_seed(0)
+  rssm = models.RSSM(stoch=4, deter=8, hidden=8, shared_noise=shared)
+  embed = tf.random.normal((3, 6, 12))
+  action = tf.random.uniform((3, 6, 2), -1, 1)
+
+  @tf.function
+  def run(embed, action):
+    post, prior = rssm.observe(embed, action)
+    start = {k: v[:, 0] for k, v in post.items()}
+    return post, prior, rssm.imagine(action, start)
+
+  for state in run(embed, action):
+    noise = _noise(state)
+    assert _rows_share(noise) == shared
+    for row in noise:  # [time, stoch]: six different draws.
+      assert len(np.unique(row.round(4), axis=0)) == 6
+
+
+@pytest.mark.parametrize('shared', [False, True])
 def test_policy_rows_share_their_noise_only_with_shared_noise(tmp_path, shared):
   from test_idm import _agent
   agent, _ = _agent(tmp_path, 'dreamer', '--shared_rssm_noise', str(shared))

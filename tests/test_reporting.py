@@ -227,6 +227,19 @@ def test_learning_check_uses_the_mean_of_the_last_three_evaluations(capsys):
              for seed in range(4)]
   assert ('Mann-Whitney U test, two-sided: p = 0.029.'
           in tables.scores_markdown(entries))
+  # The frozen-noise upstream runs are a method of their own, listed after
+  # upstream's and compared with it and with our dreamer: 2 ends against 2.
+  frozen = [dict(task='dmc_cartpole_balance', method=tables.FROZEN, seed=s,
+                 xs=[5000], ys=[50 + s]) for s in range(2)]
+  text = tables.scores_markdown(entries + frozen)
+  assert ('P(upstream_dreamer end > upstream_dreamer_frozen_noise end): 1.00'
+          in text)
+  assert 'P(dreamer end > upstream_dreamer_frozen_noise end): 1.00' in text
+  rows = text.splitlines()
+  assert (rows.index('| upstream_dreamer | 0 of 4 | 102 ± 2 | 100 to 103 |')
+          < rows.index('| upstream_dreamer_frozen_noise | 0 of 2 | 50 ± 6 '
+                       '| 50 to 51 |')
+          < rows.index('| dreamer | 0 of 4 | 302 ± 2 | 300 to 303 |'))
   # Each program's mean against the seeds' spread of the one it extends: at
   # 5K dreamer's 136 and 136 are both under upstream's only seed, 157; at 10K
   # their mean 221 is above its 150; 15K, where upstream has no point, is left
