@@ -228,7 +228,7 @@ def test_learning_check_uses_the_mean_of_the_last_three_evaluations(capsys):
   assert ('Mann-Whitney U test, two-sided: p = 0.029.'
           in tables.scores_markdown(entries))
   # The frozen-noise upstream runs are a method of their own, listed after
-  # upstream's and compared with it and with our dreamer: 2 ends against 2.
+  # upstream's and compared with it (two ends against four) and with ours.
   frozen = [dict(task='dmc_cartpole_balance', method=tables.FROZEN, seed=s,
                  xs=[5000], ys=[50 + s]) for s in range(2)]
   text = tables.scores_markdown(entries + frozen)
