@@ -460,10 +460,10 @@ class Dreamer(tools.Module):
     return {k: v for opt in self._optimizers
             for k, v in opt.loss_scale_state.items()}
 
-  def save(self, filename):
+  def save(self, filename, **fields):
     tools.save_checkpoint(
         filename, self.checkpoint_variables(), self._step, self._c,
-        self._loss_scale_state())
+        self._loss_scale_state(), **fields)
 
   def load(self, checkpoint, filename):
     tools.load_variables(
@@ -833,33 +833,49 @@ def run(config, datadir, writer, logger, train_envs, test_envs, actspace,
   # Train and regularly evaluate the agent.
   step = count_steps(datadir, config)
   agent = Dreamer(config, datadir, actspace, writer, logger)
-  evaluated_at = None
+  # Evaluations fall every eval_every env steps from the first one, where
+  # upstream's loop puts them (the first collection that reaches each), and
+  # at the end. The checkpoint keeps the schedule, so a resumed run evaluates
+  # where the uninterrupted run would.
+  period = -(-config.eval_every // config.action_repeat) * config.action_repeat
+  evaluated_at = anchor = None
   if checkpoint is not None:
     agent.load(checkpoint, checkpoint_path)
-    evaluated_at = checkpoint['step']
+    # Checkpoints without the schedule were all written at evaluations.
+    evaluated_at = checkpoint.get('evaluated_at', checkpoint['step'])
+    anchor = checkpoint.get('eval_anchor', evaluated_at)
     print(f'Resumed from checkpoint at step {checkpoint["step"]}; '
           f'{step} env steps stored.', flush=True)
   print(f'Simulating agent for {max(0, config.steps - step)} steps.', flush=True)
+  due = lambda: min(anchor + period, config.steps)
+  save = lambda: agent.save(
+      checkpoint_path, evaluated_at=evaluated_at, eval_anchor=anchor)
   state = None
   while True:
-    # Once per step count: a collection whose request the previous one's
-    # overshoot already covered stores nothing; the step stays the same.
-    if step != evaluated_at:
+    if step != evaluated_at and (anchor is None or step >= due()):
       print('Start evaluation.', flush=True)
       for envs in test_envs.values():
         tools.simulate(
             functools.partial(agent, training=False), envs, episodes=1)
       writer.flush()
-      agent.save(checkpoint_path)
+      anchor = step if anchor is None else (
+          anchor + (step - anchor) // period * period)
       evaluated_at = step
+      save()
     if step >= config.steps:
       break
     print('Start collection.', flush=True)
-    # Rounded up: a remainder under one action repeat still collects a step.
-    steps = -(-min(config.eval_every, config.steps - step)
-              // config.action_repeat)
-    state = tools.simulate(agent, train_envs, steps, state=state)
-    step = count_steps(datadir, config)
+    target = due()
+    while step < target:
+      # A checkpoint after every train_every env steps: a killed run loses at
+      # most one round of updates. The envs carry on between the chunks, so
+      # the agent sees what one collection would show it.
+      chunk = min(config.train_every, target - step)
+      state = None if state is None else (0, 0, *state[2:])
+      state = tools.simulate(
+          agent, train_envs, -(-chunk // config.action_repeat), state=state)
+      step = count_steps(datadir, config)
+      save()
   print(f'Finished training at step {step}.', flush=True)
 
 

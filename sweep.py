@@ -29,13 +29,17 @@ DEFAULT_PRESETS = tables.PRESETS
 
 
 def finished(logdir, steps):
-  """A run is finished when its checkpoint is at its target step."""
+  """A run is finished when its checkpoint has evaluated its target step
+  (one written during collection may reach the step before the final
+  evaluation runs; those from before the schedule was stored were all
+  written at evaluations)."""
   import tools
   checkpoint = pathlib.Path(logdir) / 'variables.pkl'
   if not checkpoint.exists():
     return False
   try:
-    return tools.read_checkpoint(checkpoint)['step'] >= steps
+    checkpoint = tools.read_checkpoint(checkpoint)
+    return checkpoint.get('evaluated_at', checkpoint['step']) >= steps
   except tools.ConfigError:
     return False  # Unreadable: the run itself will say why.
 

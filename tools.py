@@ -186,10 +186,12 @@ def append_jsonl(filename, record):
 CHECKPOINT_FORMAT = 2
 
 
-def save_checkpoint(filename, variables, step, config, optional=None):
+def save_checkpoint(filename, variables, step, config, optional=None,
+                    **fields):
   """`optional` maps names to variables that a run may lack (the loss scale
-  of float16): `load_variables` restores those both sides have."""
-  payload = dict(
+  of float16): `load_variables` restores those both sides have. `fields` are
+  stored as they are (the training loop's evaluation schedule)."""
+  payload = dict(fields,
       format=CHECKPOINT_FORMAT, step=int(step),
       config={k: str(v) if isinstance(v, pathlib.Path) else v
               for k, v in config.items()},

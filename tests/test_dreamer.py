@@ -216,35 +216,41 @@ def test_train_evaluate_checkpoint_and_resume(tmp_path):
   assert [r['step'] for r in records if 'test/return' in r] == [100, 300, 400]
   episodes = sorted(p.name for p in (logdir / 'episodes').glob('*.npz'))
   assert len(episodes) == 4 and all(p.endswith('-51.npz') for p in episodes)
-  assert tools.read_checkpoint(logdir / 'variables.pkl')['step'] == 400
+  checkpoint = tools.read_checkpoint(logdir / 'variables.pkl')
+  assert checkpoint['step'] == 400
+  # Evaluated at 100, 300 and the end: the grid of 200 from 100 stands at 300.
+  assert (checkpoint['evaluated_at'], checkpoint['eval_anchor']) == (400, 300)
   assert list((logdir / 'images').glob('agent_openl_*'))
   assert list(logdir.glob('events.out.tfevents.*'))
   assert tools.load_presets(logdir / 'config.yaml')['batch_length'] == 10
 
-  # Killed with SIGKILL mid-collection: only the episode in progress and the
-  # updates since the checkpoint may be lost.
+  # Killed with SIGKILL mid-collection, after the checkpoint that follows
+  # each train_every (100) env steps: the resumed run starts from weights
+  # trained on every stored episode, so only the episode in progress is lost.
   process = subprocess.Popen(
       [sys.executable, 'dreamer_idm.py', '--configs', 'defaults', 'dmc',
-       'debug', '--logdir', str(logdir), '--steps', '800'],
+       'debug', '--logdir', str(logdir), '--steps', '800', '--eval_every',
+       '1000'],
       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
-  while len(list((logdir / 'episodes').glob('*.npz'))) < 5:
+  while tools.read_checkpoint(logdir / 'variables.pkl')['step'] < 500:
     assert process.poll() is None and time.time() < deadline
-    time.sleep(0.1)
+    time.sleep(0.05)
   process.kill()
   process.wait()
   killed = sorted(p.name for p in (logdir / 'episodes').glob('*.npz'))
   assert set(episodes) < set(killed) and len(killed) == 5
   for name in killed:
     assert tools.load_episode(logdir / 'episodes' / name) is not None
+  checkpoint = tools.read_checkpoint(logdir / 'variables.pkl')
+  assert (checkpoint['evaluated_at'], checkpoint['eval_anchor']) == (400, 300)
 
-  # Evaluating every 60 env steps with 100-step episodes: the collection
-  # after 700 is covered by the steps that the one before overshot, stores no
-  # episode, and 700 must not be evaluated a second time.
+  # Evaluating every 60 env steps with 100-step episodes, on the grid from
+  # 300: 360 is past due at 500, so this run evaluates first; then at the
+  # first collection past 540 (600), past 660 (700), and at the end (800).
   out = _train(logdir, '--steps', '760', '--eval_every', '60')
   assert 'Prefill dataset with 0 steps.' in out
-  assert 'Resumed from checkpoint at step 400; 500 env steps stored.' in out
-  # The checkpoint is older than the data, so this run evaluates first.
+  assert 'Resumed from checkpoint at step 500; 500 env steps stored.' in out
   assert out.index('Start evaluation.') < out.index('Start collection.')
   assert out.count('Start evaluation.') == 4
   after = sorted(p.name for p in (logdir / 'episodes').glob('*.npz'))

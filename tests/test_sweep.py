@@ -2,6 +2,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import types
 
 import matplotlib.image
 
@@ -29,6 +30,23 @@ def _check_run(logdir):
   # The sweep adds Table 1's rotated evaluation beside the plain one.
   assert {'test/return', 'test_perturbed/return'} <= keys
   assert 'Finished training at step 100.' in (logdir / 'train.log').read_text()
+
+
+def test_a_run_is_finished_once_its_target_step_is_evaluated(tmp_path):
+  import numpy as np
+
+  import sweep
+  variables = [types.SimpleNamespace(name='v', numpy=lambda: np.zeros(1))]
+  save = lambda step, **fields: tools.save_checkpoint(
+      tmp_path / 'variables.pkl', variables, step, {}, **fields)
+  assert not sweep.finished(tmp_path, 100)  # No checkpoint yet.
+  # Written when collection reached the target, before the final evaluation.
+  save(100, evaluated_at=90, eval_anchor=90)
+  assert not sweep.finished(tmp_path, 100)
+  save(100, evaluated_at=100, eval_anchor=90)
+  assert sweep.finished(tmp_path, 100)
+  save(100)  # Older checkpoints were written at evaluations only.
+  assert sweep.finished(tmp_path, 100) and not sweep.finished(tmp_path, 101)
 
 
 def test_local_sweep_resumes_and_skips_finished_runs_then_figure1(tmp_path):

@@ -307,3 +307,42 @@ def test_every_and_once():
       True, False, True, False, True, True]
   once = tools.Once()
   assert [once(), once(), once()] == [True, False, False]
+
+
+class _CountingEnv:
+  """Episodes of a fixed length; counts the steps of finished episodes, as
+  the stored episodes count them."""
+
+  def __init__(self, length):
+    self._length, self._t, self.finished = length, 0, 0
+
+  def reset(self, blocking=True):
+    self._t = 0
+    return lambda: {'t': np.array(0)}
+
+  def step(self, action, blocking=True):
+    self._t += 1
+    done = self._t >= self._length
+    self.finished += self._length if done else 0
+    obs = {'t': np.array(self._t)}
+    return lambda: (obs, 0.0, done, {})
+
+
+def test_simulate_in_chunks_makes_the_calls_of_one_collection():
+  # The training loop collects in chunks with a checkpoint between them: the
+  # envs and the agent's state carry on, so the agent sees the same inputs.
+  def run(chunk):
+    envs, calls = [_CountingEnv(3), _CountingEnv(5)], []
+    def agent(obs, done, state):
+      calls.append((obs['t'].tolist(), done.tolist(), state))
+      return np.zeros((len(done), 1)), (state or 0) + 1
+    state = None
+    while sum(env.finished for env in envs) < 20:
+      left = 20 - sum(env.finished for env in envs)
+      state = None if state is None else (0, 0, *state[2:])
+      state = tools.simulate(agent, envs, min(chunk, left), state=state)
+    return calls, sum(env.finished for env in envs)
+  whole, steps = run(20)
+  # Episodes end at calls 3, 5, 6, 9, 10 and 12: 3 + 5 + 3 + 3 + 5 + 3 steps.
+  assert steps == 22 and len(whole) == 12
+  assert run(4) == (whole, steps) and run(1) == (whole, steps)
