@@ -733,7 +733,8 @@ def check_config(config):
     if not 0 <= config[key] <= 1:
       raise tools.ConfigError(
           f'--{key} must be a level in [0, 1] (0 = off), got {config[key]}.')
-  for key in ('envs', 'batch_size', 'batch_length', 'action_repeat'):
+  for key in ('envs', 'batch_size', 'batch_length', 'action_repeat',
+              'eval_every', 'train_every'):
     if config[key] < 1:
       raise tools.ConfigError(f'--{key} must be at least 1, got {config[key]}.')
   if config.horizon < 2:
@@ -862,14 +863,18 @@ def run(config, datadir, writer, logger, train_envs, test_envs, actspace,
           anchor + (step - anchor) // period * period)
       evaluated_at = step
       save()
+    elif anchor is not None and step >= anchor + period:
+      # Evaluated already, off a grid that a smaller --eval_every made finer
+      # on resume: move to its last point, or nothing would be due.
+      anchor += (step - anchor) // period * period
     if step >= config.steps:
       break
     print('Start collection.', flush=True)
     target = due()
     while step < target:
-      # A checkpoint after every train_every env steps: a killed run loses at
-      # most one round of updates. The envs carry on between the chunks, so
-      # the agent sees what one collection would show it.
+      # A checkpoint after every train_every env steps of whole episodes: a
+      # killed run loses little training. The envs carry on between the
+      # chunks, so the agent sees what one collection would show it.
       chunk = min(config.train_every, target - step)
       state = None if state is None else (0, 0, *state[2:])
       state = tools.simulate(

@@ -74,6 +74,8 @@ def test_presets_always_apply_over_the_defaults():
     (['--expl', 'epsilon_greedy'], '--expl must be one of'),
     (['--jit', 'yes'], '--jit must be one of auto, on, off'),
     (['--action_repeat', '0'], '--action_repeat must be at least 1'),
+    (['--train_every', '0'], '--train_every must be at least 1'),
+    (['--eval_every', '0'], '--eval_every must be at least 1'),
     (['--derived_copies', '-1'], '--derived_copies must be 0 or more'),
 ])
 def test_check_config_names_the_key_and_the_fix(overrides, message):
@@ -225,8 +227,9 @@ def test_train_evaluate_checkpoint_and_resume(tmp_path):
   assert tools.load_presets(logdir / 'config.yaml')['batch_length'] == 10
 
   # Killed with SIGKILL mid-collection, after the checkpoint that follows
-  # each train_every (100) env steps: the resumed run starts from weights
-  # trained on every stored episode, so only the episode in progress is lost.
+  # each train_every (100) env steps: the resumed run starts from the weights
+  # of that moment, so only the episode in progress and the round of updates
+  # it was due (redone on resume) are lost.
   process = subprocess.Popen(
       [sys.executable, 'dreamer_idm.py', '--configs', 'defaults', 'dmc',
        'debug', '--logdir', str(logdir), '--steps', '800', '--eval_every',

@@ -387,7 +387,7 @@ def test_idm_trains_logs_checkpoints_and_resumes(tmp_path):
   from test_dreamer import _records, _train
   logdir = tmp_path / 'idm'
   out = _train(logdir, '--configs', 'defaults', 'dmc', 'idm', 'debug',
-               '--steps', '300')
+               '--steps', '300', '--eval_every', '150')
   assert 'Prefill dataset with 100 steps.' in out
   records = _records(logdir)
   keys = set().union(*records)
@@ -401,13 +401,19 @@ def test_idm_trains_logs_checkpoints_and_resumes(tmp_path):
   assert list((logdir / 'images').glob('perturbed_*.png'))
   checkpoint = tools.read_checkpoint(logdir / 'variables.pkl')
   assert checkpoint['step'] == 300 and checkpoint['config']['evaluator']
+  # Evaluated at 100 and 300, the first step past 250 on the grid of 150.
+  assert (checkpoint['evaluated_at'], checkpoint['eval_anchor']) == (300, 250)
+  # Resumed with a finer grid (50 from 250): 300 is evaluated already and
+  # 350 is due next, so collection comes first, then the end.
   out = _train(logdir, '--configs', 'defaults', 'dmc', 'idm', 'debug',
-               '--steps', '400')
+               '--steps', '400', '--eval_every', '50')
   assert 'Prefill dataset with 0 steps.' in out
   assert 'Resumed from checkpoint at step 300; 300 env steps stored.' in out
-  # The evaluation at step 300 is in the checkpoint: collection comes first.
   assert out.index('Start collection.') < out.index('Start evaluation.')
+  assert out.count('Start evaluation.') == 1
   assert tools.read_checkpoint(logdir / 'variables.pkl')['step'] == 400
+  assert [r['step'] for r in _records(logdir) if 'test/return' in r] == [
+      100, 300, 400]
   out = subprocess_error(logdir)
   assert 'evaluator: True -> False' in out
 
