@@ -865,7 +865,8 @@ def run(config, datadir, writer, logger, train_envs, test_envs, actspace,
       save()
     elif anchor is not None and step >= anchor + period:
       # Evaluated already, off a grid that a smaller --eval_every made finer
-      # on resume: move to its last point, or nothing would be due.
+      # on resume: move to its last point, or the due step would lie behind
+      # the step and the loop would spin without collecting.
       anchor += (step - anchor) // period * period
     if step >= config.steps:
       break

@@ -250,7 +250,8 @@ def test_train_evaluate_checkpoint_and_resume(tmp_path):
 
   # Evaluating every 60 env steps with 100-step episodes, on the grid from
   # 300: 360 is past due at 500, so this run evaluates first; then at the
-  # first collection past 540 (600), past 660 (700), and at the end (800).
+  # first chunk end at or past 540 (600), 660 (700) and 720, which is also
+  # the end (800).
   out = _train(logdir, '--steps', '760', '--eval_every', '60')
   assert 'Prefill dataset with 0 steps.' in out
   assert 'Resumed from checkpoint at step 500; 500 env steps stored.' in out
