@@ -853,21 +853,21 @@ def run(config, datadir, writer, logger, train_envs, test_envs, actspace,
       checkpoint_path, evaluated_at=evaluated_at, eval_anchor=anchor)
   state = None
   while True:
-    if step != evaluated_at and (anchor is None or step >= due()):
+    evaluate = step != evaluated_at and (anchor is None or step >= due())
+    if evaluate:
       print('Start evaluation.', flush=True)
       for envs in test_envs.values():
         tools.simulate(
             functools.partial(agent, training=False), envs, episodes=1)
       writer.flush()
-      anchor = step if anchor is None else (
-          anchor + (step - anchor) // period * period)
       evaluated_at = step
+    # The grid's last point at or before the step. Also without an
+    # evaluation: a smaller --eval_every on resume makes the grid finer, and
+    # a due step behind the step would leave nothing to collect.
+    anchor = step if anchor is None else (
+        anchor + (step - anchor) // period * period)
+    if evaluate:
       save()
-    elif anchor is not None and step >= anchor + period:
-      # Evaluated already, off a grid that a smaller --eval_every made finer
-      # on resume: move to its last point, or the due step would lie behind
-      # the step and the loop would spin without collecting.
-      anchor += (step - anchor) // period * period
     if step >= config.steps:
       break
     print('Start collection.', flush=True)
