@@ -16,7 +16,9 @@ With --root, also performance profiles (fraction of runs above each score,
 with stratified-bootstrap bands) at 100K and 500K steps; tables.py prints the
 matching aggregates (IQM, P(IDM > Dreamer)).
 
-IDM's diagnostics (evaluator, weights, constraint, derived memory) over runs:
+IDM's diagnostics (evaluator, weights, constraint, derived memory) and the
+actor's entropy and value loss over runs (a Dreamer run, ours or upstream's,
+plots the last two):
 
   python plotting.py --diagnostics RUN [RUN ...] --out docs/diagnostics.png
 
@@ -282,8 +284,10 @@ DIAGNOSTICS = (
     ('imagined return', ('imag_return_original', 'imag_return_derived'),
      False),
     # Not IDM's: the actor's collapse onto one action that decides whether a
-    # CPU-scale run learns (README, "Does it learn?").
+    # CPU-scale run learns, and the critic's fit (README, "Does it learn?").
+    # Dreamer runs, ours or upstream's, log these two.
     ('action entropy', ('action_ent',), False),
+    ('value loss', ('value_loss',), False),
 )
 
 
@@ -306,17 +310,30 @@ def load_diagnostics(paths):
   return runs
 
 
+def diagnostics_panels(runs):
+  """The panels of DIAGNOSTICS that at least one run logged: a Dreamer run
+  has no IDM metrics, so its plot keeps the entropy and value loss only."""
+  panels = [panel for panel in DIAGNOSTICS if any(
+      curves.get(key) for curves in runs.values() for key in panel[1])]
+  if not panels:
+    keys = ', '.join(key for _, panel, _ in DIAGNOSTICS for key in panel)
+    raise ValueError(f'no run logged any of {keys}: pass IDM or Dreamer run '
+                     'folders, or a file written by --save.')
+  return panels
+
+
 def plot_diagnostics(runs, filename):
   """IDM's metrics against env steps, one line per run and metric."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  cols = 4
-  rows = (len(DIAGNOSTICS) + cols - 1) // cols
+  panels = diagnostics_panels(runs)
+  cols = min(4, len(panels))
+  rows = (len(panels) + cols - 1) // cols
   fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows),
                            squeeze=False)
   styles = ('-', '--', ':')
-  for ax, (title, keys, log) in zip(axes.flat, DIAGNOSTICS):
+  for ax, (title, keys, log) in zip(axes.flat, panels):
     for index, (name, curves) in enumerate(runs.items()):
       for key, style in zip(keys, styles):
         if curves.get(key):
@@ -330,7 +347,7 @@ def plot_diagnostics(runs, filename):
     ax.grid(alpha=0.3)
     if ax.lines:
       ax.legend(fontsize=6)
-  for ax in list(axes.flat)[len(DIAGNOSTICS):]:
+  for ax in list(axes.flat)[len(panels):]:
     ax.axis('off')
   fig.tight_layout()
   return _save(fig, filename)
@@ -345,7 +362,8 @@ def main(argv):
   parser.add_argument('--seed', type=int, help='with --add: its seed')
   parser.add_argument('--task', help='with --add: task, if no config.yaml')
   parser.add_argument('--diagnostics', nargs='+', metavar='RUN',
-                      help='IDM run folders, or files written by --save')
+                      help='IDM or Dreamer run folders, or files written '
+                      'by --save')
   parser.add_argument('--save', help='with --diagnostics: also write their '
                       'curves to this JSON file')
   parser.add_argument('--perturbations', nargs='+', metavar='TASK',
@@ -379,6 +397,7 @@ def main(argv):
   if args.diagnostics:
     try:
       runs = load_diagnostics(args.diagnostics)
+      diagnostics_panels(runs)
     except ValueError as e:
       print(f'Error: {e}', file=sys.stderr)
       return 2

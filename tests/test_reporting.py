@@ -278,7 +278,7 @@ def test_diagnostics_plot_reads_the_idm_metrics(tmp_path):
                   weight_ess=0.9, weight_max_rel=3.0, weight_min_rel=0.2,
                   weight_derived_share=0.45, constraint_kl=10.0,
                   constraint_over_margin=0.1, imag_return_original=5.0,
-                  imag_return_derived=4.0, action_ent=-2.0)
+                  imag_return_derived=4.0, action_ent=-2.0, value_loss=3.0)
              for s in (1000, 2000)]
   (run / 'metrics.jsonl').write_text(
       '\n'.join(json.dumps(r) for r in records) + '\n')
@@ -298,6 +298,29 @@ def test_diagnostics_plot_reads_the_idm_metrics(tmp_path):
                         '--out', str(out)]) == 2
   keys = {k for _, panel, _ in plotting.DIAGNOSTICS for k in panel}
   assert keys == set(records[0]) - {'step'}
+  assert len(plotting.diagnostics_panels(runs)) == len(plotting.DIAGNOSTICS)
+
+
+def test_diagnostics_plot_keeps_a_dreamer_runs_panels(tmp_path, capsys):
+  import matplotlib.image
+  # A Dreamer run (ours or upstream's) logs the entropy and value loss only.
+  run = tmp_path / 'dreamer' / '0'
+  run.mkdir(parents=True)
+  (run / 'metrics.jsonl').write_text(''.join(
+      json.dumps(dict(step=s, action_ent=-s / 1000, value_loss=2.0,
+                      model_loss=5.0)) + '\n' for s in (1000, 2000)))
+  runs = plotting.load_diagnostics([run])
+  assert [title for title, _, _ in plotting.diagnostics_panels(runs)] == [
+      'action entropy', 'value loss']
+  assert runs['dreamer/0']['action_ent'] == [(1000, -1.0), (2000, -2.0)]
+  out = tmp_path / 'dreamer.png'
+  assert plotting.main(['--diagnostics', str(run), '--out', str(out)]) == 0
+  # Two panels side by side: half the width of the four-column IDM figure.
+  assert matplotlib.image.imread(out).shape[:2] == (300, 840)
+  # A run that logged none of the panels' metrics is an error, not a blank.
+  (run / 'metrics.jsonl').write_text(json.dumps(dict(step=1000)) + '\n')
+  assert plotting.main(['--diagnostics', str(run), '--out', str(out)]) == 2
+  assert 'no run logged any of evaluator_real_prob' in capsys.readouterr().err
 
 
 def test_a_tie_goes_to_the_earlier_evaluation():
