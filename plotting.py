@@ -307,19 +307,17 @@ def load_diagnostics(paths):
                        f'nor a file written by --diagnostics ... --save.')
     runs['/'.join(path.parts[-2:])] = {
         k: tables.load_curve(path / 'metrics.jsonl', k) for k in keys}
+  if not diagnostics_panels(runs):
+    raise ValueError(f'no run logged any of {", ".join(keys[:-1])}: pass IDM '
+                     'or Dreamer run folders, or a file written by --save.')
   return runs
 
 
 def diagnostics_panels(runs):
   """The panels of DIAGNOSTICS that at least one run logged: a Dreamer run
   has no IDM metrics, so its plot keeps the entropy and value loss only."""
-  panels = [panel for panel in DIAGNOSTICS if any(
+  return [panel for panel in DIAGNOSTICS if any(
       curves.get(key) for curves in runs.values() for key in panel[1])]
-  if not panels:
-    keys = ', '.join(key for _, panel, _ in DIAGNOSTICS for key in panel)
-    raise ValueError(f'no run logged any of {keys}: pass IDM or Dreamer run '
-                     'folders, or a file written by --save.')
-  return panels
 
 
 def plot_diagnostics(runs, filename):
@@ -397,7 +395,6 @@ def main(argv):
   if args.diagnostics:
     try:
       runs = load_diagnostics(args.diagnostics)
-      diagnostics_panels(runs)
     except ValueError as e:
       print(f'Error: {e}', file=sys.stderr)
       return 2
