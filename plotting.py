@@ -49,8 +49,19 @@ STYLE = {
     'dreamer_doubled_batch': ('Doubled-Dreamer', 'tab:gray'),
     'upstream_dreamer': ('upstream Dreamer', 'black'),
     tables.FROZEN: ('upstream Dreamer, noise frozen by the shim', 'tab:brown'),
+    'dreamer_shared_noise': ("Dreamer, upstream's RSSM sampler", 'tab:cyan'),
 }
 ABLATIONS = tuple(STYLE)
+# For methods STYLE does not know: colours none of its methods use.
+SPARE_COLORS = ('tab:pink', 'tab:olive', 'gold', 'navy', 'magenta', 'teal')
+
+
+def styles(methods):
+  """Label and colour of each method. Methods without a STYLE entry get
+  spare colours in turn, so no two lines of a figure share one (matplotlib's
+  default cycle starts with Dreamer's blue)."""
+  spare = iter(SPARE_COLORS * len(methods))
+  return {m: STYLE[m] if m in STYLE else (m, next(spare)) for m in methods}
 
 
 def band(seeds):
@@ -76,15 +87,15 @@ def plot(runs, presets, paper, filename, title):
   rows = (len(tasks) + cols - 1) // cols
   fig, axes = plt.subplots(
       rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+  style = styles(presets)
   for ax, task in zip(axes.flat, tasks):
     for preset in presets:
       if (task, preset) not in runs:
         continue
-      label, color = STYLE.get(preset, (preset, None))
+      label, color = style[preset]
       steps, mean, std = band(runs[(task, preset)])
-      line, = ax.plot(steps, mean, label=label, color=color)
-      ax.fill_between(steps, mean - std, mean + std, alpha=0.2,
-                      color=line.get_color())
+      ax.plot(steps, mean, label=label, color=color)
+      ax.fill_between(steps, mean - std, mean + std, alpha=0.2, color=color)
     for method, marker in (('idm', 'o'), ('dreamer', 's')):
       if paper and method in paper.get(task, {}) and method in presets:
         _, color = STYLE[method]
@@ -154,21 +165,21 @@ def plot_scores(entries, filename):
   tasks = sorted({e['task'] for e in entries})
   fig, axes = plt.subplots(
       1, len(tasks), figsize=(5.5 * len(tasks), 3.8), squeeze=False)
+  style = styles(sorted({e['method'] for e in entries}))
   for ax, task in zip(axes.flat, tasks):
     methods = collections.defaultdict(list)
     for entry in entries:
       if entry['task'] == task:
         methods[entry['method']].append(entry)
     for method, runs in methods.items():
-      label, color = STYLE.get(method, (method, None))
+      label, color = style[method]
       steps, mean, _ = band({r['seed']: list(zip(r['xs'], r['ys']))
                              for r in runs})
-      line, = ax.plot(steps, mean, color=color, lw=2,
-                      label=f'{label} ({len(runs)} seed'
-                      f'{"s" if len(runs) > 1 else ""})')
+      ax.plot(steps, mean, color=color, lw=2,
+              label=f'{label} ({len(runs)} seed'
+              f'{"s" if len(runs) > 1 else ""})')
       for run in runs:
-        ax.plot(run['xs'], run['ys'], color=line.get_color(), lw=0.8,
-                alpha=0.4)
+        ax.plot(run['xs'], run['ys'], color=color, lw=0.8, alpha=0.4)
     ax.set_title(task)
     _label(ax, 'env steps', 'test return')
   fig.tight_layout()
@@ -192,16 +203,16 @@ def plot_profiles(runs, presets, target, tolerance, filename, title=''):
   taus = np.linspace(0, 1, 101)
   fig, ax = plt.subplots(figsize=(5.0, 3.6))
   drawn = False
+  style = styles(presets)
   for preset in presets:
     scores = tables.task_scores(runs, preset, target, tolerance)
     if not scores:
       continue
     value, ci = tables.interval(list(scores.values()), tables.profile(taus))
-    label, color = STYLE.get(preset, (preset, None))
-    line, = ax.plot(taus, value, color=color,
-                    label=f'{label} ({len(scores)} tasks)')
+    label, color = style[preset]
+    ax.plot(taus, value, color=color, label=f'{label} ({len(scores)} tasks)')
     if ci is not None:
-      ax.fill_between(taus, ci[0], ci[1], alpha=0.2, color=line.get_color())
+      ax.fill_between(taus, ci[0], ci[1], alpha=0.2, color=color)
     drawn = True
   if not drawn:
     plt.close(fig)

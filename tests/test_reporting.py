@@ -176,6 +176,18 @@ def test_scores_file_gets_runs_replaced_by_key_and_plots(tmp_path):
   assert matplotlib.image.imread(out).std() > 0
 
 
+def test_methods_without_a_style_get_colours_no_other_line_uses():
+  # matplotlib's default cycle would draw the first unknown method in
+  # Dreamer's blue, indistinguishable from it.
+  style = plotting.styles(['dreamer', 'mine', 'theirs', 'upstream_dreamer'])
+  assert style['dreamer'] == plotting.STYLE['dreamer']
+  assert style['mine'][0] == 'mine'
+  colors = [color for _, color in style.values()]
+  assert len(set(colors)) == len(colors)
+  styled = {color for _, color in plotting.STYLE.values()}
+  assert not styled & set(plotting.SPARE_COLORS)
+
+
 def test_learning_check_uses_the_mean_of_the_last_three_evaluations(capsys):
   # End = mean(250, 240, 260) = 250: 1.84 x and +114 over 136 learns; one
   # high last point alone (mean 230, +94) does not.
