@@ -11,6 +11,13 @@ From a scores file in upstream's format (the CPU-scale check), the test return
 of every run at matched steps and whether each run learns by the check's bar:
 
   python tables.py --scores scores/cpu_proxy.json
+
+From run folders or a file written by `plotting.py --diagnostics ... --save`,
+each logged diagnostic (action entropy, value loss, IDM's metrics) per run over
+spans of env steps, as mean (min to max):
+
+  python tables.py --diagnostics scores/cpu_proxy75_diagnostics.json \
+      --spans 20000 35000 45000 55000 65000 75000
 """
 
 import argparse
@@ -426,6 +433,37 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
   return '\n'.join(lines) + '\n'
 
 
+def _number(value):
+  digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+  return f'{value:.{digits}f}'
+
+
+def spans_markdown(runs, edges):
+  """Per metric a run logged: its mean (min to max) in each span of env steps
+  between consecutive edges, lower edge in, upper out, but the last span
+  holds both. What the docs say of a diagnostic over a stretch of a run."""
+  spans = list(zip(edges[:-1], edges[1:]))
+  inside = lambda step, i: spans[i][0] <= step and (
+      step < spans[i][1] or (i == len(spans) - 1 and step == spans[i][1]))
+  lines = []
+  metrics = dict.fromkeys(k for curves in runs.values() for k in curves)
+  for metric in metrics:
+    if not any(curves.get(metric) for curves in runs.values()):
+      continue
+    lines += [f'### {metric}\n', '| run | ' + ' | '.join(
+        f'{lo / 1000:g}K-{hi / 1000:g}K' for lo, hi in spans) + ' |',
+        '| --- ' * (len(spans) + 1) + '|']
+    for name, curves in runs.items():
+      cells = []
+      for i in range(len(spans)):
+        values = [v for step, v in curves.get(metric, []) if inside(step, i)]
+        cells.append(f'{_number(np.mean(values))} ({_number(min(values))} to '
+                     f'{_number(max(values))})' if values else '')
+      lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    lines.append('')
+  return '\n'.join(lines)
+
+
 def main(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--root', help='a sweep root: the paper tables')
@@ -433,7 +471,33 @@ def main(argv):
   parser.add_argument('--tolerance', type=int, default=10_000,
                       help='max distance in env steps to the target step')
   parser.add_argument('--out', help='folder for tables.md and tables.csv')
+  parser.add_argument('--diagnostics', nargs='+', metavar='RUN',
+                      help='run folders or files written by plotting.py '
+                      '--diagnostics ... --save: diagnostics over spans')
+  parser.add_argument('--spans', nargs='+', type=int, metavar='STEP',
+                      help='with --diagnostics: span edges in env steps '
+                      '(default: every 10K to the last step logged)')
   args = parser.parse_args(argv)
+  if args.spans and not args.diagnostics:
+    print('Error: --spans needs --diagnostics.', file=sys.stderr)
+    return 2
+  if args.diagnostics:
+    import plotting  # Here: plotting imports this module.
+    try:
+      runs = plotting.load_diagnostics(args.diagnostics)
+    except ValueError as e:
+      print(f'Error: {e}', file=sys.stderr)
+      return 2
+    edges = args.spans
+    if not edges:
+      last = max(s for c in runs.values() for v in c.values() for s, _ in v)
+      edges = list(range(0, last + 10_000, 10_000))
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+      print('Error: --spans needs two or more increasing env steps, e.g. '
+            '--spans 20000 35000 75000.', file=sys.stderr)
+      return 2
+    print(spans_markdown(runs, edges))
+    return 0
   if args.scores:
     if not pathlib.Path(args.scores).is_file():
       print(f'Error: no scores file at {args.scores}.', file=sys.stderr)

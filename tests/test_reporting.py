@@ -188,6 +188,24 @@ def test_methods_without_a_style_get_colours_no_other_line_uses():
   assert not styled & set(plotting.SPARE_COLORS)
 
 
+def test_diagnostic_spans_hold_their_lower_edge_and_the_last_both(
+    tmp_path, capsys):
+  runs = {'a/0': {'action_ent': [[0, 1.0], [5, 3.0], [10, 5.0], [15, 7.0],
+                                 [20, 9.0]], 'value_loss': []},
+          'b/0': {'action_ent': [[10, -2.0]]}}
+  text = tables.spans_markdown(runs, [0, 10, 20])
+  assert '| a/0 | 2.00 (1.00 to 3.00) | 7.00 (5.00 to 9.00) |' in text
+  assert '| b/0 |  | -2.00 (-2.00 to -2.00) |' in text
+  assert 'value_loss' not in text  # Logged by no run.
+  saved = tmp_path / 'diagnostics.json'
+  saved.write_text(json.dumps(runs))
+  assert tables.main(['--diagnostics', str(saved), '--spans', '0', '20']) == 0
+  assert '| a/0 | 5.00 (1.00 to 9.00) |' in capsys.readouterr().out
+  assert tables.main(['--diagnostics', str(saved), '--spans', '20', '0']) == 2
+  assert 'increasing' in capsys.readouterr().err
+  assert tables.main(['--spans', '0', '20']) == 2
+
+
 def test_learning_check_uses_the_mean_of_the_last_three_evaluations(capsys):
   # End = mean(250, 240, 260) = 250: 1.84 x and +114 over 136 learns; one
   # high last point alone (mean 230, +94) does not.
