@@ -12,6 +12,11 @@ of every run at matched steps and whether each run learns by the check's bar:
 
   python tables.py --scores scores/cpu_proxy.json
 
+and with --until, the same for runs cut at a smaller budget: only their
+evaluations at or before that env step count (a 75K run judged at 37.5K):
+
+  python tables.py --scores scores/cpu_proxy75.json --until 37500
+
 From run folders or a file written by `plotting.py --diagnostics ... --save`,
 each logged diagnostic (action entropy, value loss, IDM's metrics) per run over
 spans of env steps, as mean (min to max):
@@ -433,6 +438,18 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
   return '\n'.join(lines) + '\n'
 
 
+def cut(entries, until):
+  """Each run as if it had stopped at env step `until`: its evaluations at
+  or before it; runs with none are left out."""
+  runs = []
+  for e in entries:
+    keep = [i for i, x in enumerate(e['xs']) if x <= until]
+    if keep:
+      runs.append(dict(e, xs=[e['xs'][i] for i in keep],
+                       ys=[e['ys'][i] for i in keep]))
+  return runs
+
+
 def _number(value):
   digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
   return f'{value:.{digits}f}'
@@ -474,12 +491,18 @@ def main(argv):
   parser.add_argument('--diagnostics', nargs='+', metavar='RUN',
                       help='run folders or files written by plotting.py '
                       '--diagnostics ... --save: diagnostics over spans')
+  parser.add_argument('--until', type=int, metavar='STEP',
+                      help='with --scores: judge each run on its evaluations '
+                      'at or before this env step')
   parser.add_argument('--spans', nargs='+', type=int, metavar='STEP',
                       help='with --diagnostics: span edges in env steps '
                       '(default: every 10K to the last step logged)')
   args = parser.parse_args(argv)
   if args.spans and not args.diagnostics:
     print('Error: --spans needs --diagnostics.', file=sys.stderr)
+    return 2
+  if args.until is not None and not args.scores:
+    print('Error: --until needs --scores.', file=sys.stderr)
     return 2
   if args.diagnostics:
     import plotting  # Here: plotting imports this module.
@@ -502,7 +525,14 @@ def main(argv):
     if not pathlib.Path(args.scores).is_file():
       print(f'Error: no scores file at {args.scores}.', file=sys.stderr)
       return 2
-    print(scores_markdown(json.loads(pathlib.Path(args.scores).read_text())))
+    entries = json.loads(pathlib.Path(args.scores).read_text())
+    if args.until is not None:
+      entries = cut(entries, args.until)
+      if not entries:
+        print(f'Error: no run has an evaluation at or before --until '
+              f'{args.until}.', file=sys.stderr)
+        return 2
+    print(scores_markdown(entries))
     return 0
   if not args.root:
     print('Error: pass --root (a sweep root) or --scores (a scores file).',

@@ -300,6 +300,36 @@ def test_learning_check_uses_the_mean_of_the_last_three_evaluations(capsys):
   assert 'pass --root' in capsys.readouterr().err
 
 
+def test_until_judges_runs_on_their_evaluations_up_to_a_budget(
+    tmp_path, capsys):
+  # A 75K run cut at 37.5K: 136 first, then 300, 260, 250 to 35K end 270
+  # (learns); its later 100s would make it fail. A run that starts after
+  # the cut is left out.
+  entries = [
+      dict(task='dmc_cartpole_balance', method='idm', seed=0,
+           xs=[5000, 20000, 30000, 35000, 40000, 75000],
+           ys=[136, 300, 260, 250, 100, 100]),
+      dict(task='dmc_cartpole_balance', method='idm', seed=1,
+           xs=[40000], ys=[500])]
+  runs = tables.cut(entries, 37500)
+  assert len(runs) == 1 and runs[0]['xs'][-1] == 35000
+  assert runs[0]['ys'] == [136, 300, 260, 250] and entries[0]['ys'][-1] == 100
+  scores = tmp_path / 'scores.json'
+  scores.write_text(json.dumps(entries))
+  assert tables.main(['--scores', str(scores), '--until', '37500']) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert '| idm 0 | 4 to 35K | 136 | 270 | 1.99 | +134 | yes |' in lines
+  assert not any(row.startswith('| idm 1 |') for row in lines)
+  assert tables.main(['--scores', str(scores)]) == 0
+  assert '| idm 0 | 6 to 75K | 136 | 150 | 1.10 | +14 | no |' in (
+      capsys.readouterr().out.splitlines())
+  assert tables.main(['--scores', str(scores), '--until', '4000']) == 2
+  assert 'no run has an evaluation at or before --until 4000' in (
+      capsys.readouterr().err)
+  assert tables.main(['--until', '37500']) == 2
+  assert '--until needs --scores' in capsys.readouterr().err
+
+
 def test_diagnostics_plot_reads_the_idm_metrics(tmp_path):
   import matplotlib.image
   run = tmp_path / 'idm' / '0'
