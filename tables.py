@@ -8,7 +8,9 @@ missing, never guessed.
   python tables.py --root sweeps/paper --out sweeps/paper/tables
 
 From a scores file in upstream's format (the CPU-scale check), the test return
-of every run at matched steps and whether each run learns by the check's bar:
+of every run at matched steps, whether each run learns by the check's bar and
+whether each method does as a whole (its seeds' mean first evaluation against
+their mean end):
 
   python tables.py --scores scores/cpu_proxy.json
 
@@ -412,18 +414,25 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
           f'{"yes" if c["learns"] else "no"} |')
     # Per method: how many seeds pass the bar, and the seeds' end values with
     # a t-interval of their mean: a bootstrap's stays inside the seeds' range,
-    # far too narrow for three or four seeds.
+    # far too narrow for three or four seeds. Last, the bar applied to the
+    # method as a whole: its seeds' mean first evaluation against their mean
+    # end.
     lines += ['', '| method | seeds that learn | end: mean ± 95% t-interval | '
-              'end: min to max |', '| --- ' * 4 + '|']
+              'end: min to max | mean first to mean end: learns |',
+              '| --- ' * 5 + '|']
     ends, learned = {}, {}
     for method in sorted({e['method'] for e in runs}, key=rank):
       checks = [learning_check(e['ys']) for e in runs if e['method'] == method]
       ends[method] = [c['end'] for c in checks]
       learned[method] = [c['learns'] for c in checks]
+      first, end = np.mean([c['first'] for c in checks]), np.mean(ends[method])
+      whole = learning_check([first, end, end, end])
       lines.append(
           f'| {method} | {sum(learned[method])} of {len(checks)} '
           f'| {_t_estimate(ends[method])} | '
-          f'{min(ends[method]):.0f} to {max(ends[method]):.0f} |')
+          f'{min(ends[method]):.0f} to {max(ends[method]):.0f} | '
+          f'{first:.0f} to {end:.0f} ({whole["ratio"]:.2f} x, '
+          f'{whole["gain"]:+.0f}): {"yes" if whole["learns"] else "no"} |')
     # Each program against the one it extends, seed by seed end values; the
     # runs of upstream under the shim that froze its RSSM noise against both.
     for x, y in (('dreamer', 'upstream_dreamer'), ('idm', 'dreamer'),
