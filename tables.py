@@ -19,6 +19,10 @@ evaluations at or before that env step count (a 75K run judged at 37.5K):
 
   python tables.py --scores scores/cpu_proxy75.json --until 37500
 
+and with --spans, each run's test return over spans of env steps, as below:
+
+  python tables.py --scores scores/cpu_proxy.json --spans 20000 38000
+
 From run folders or a file written by `plotting.py --diagnostics ... --save`,
 each logged diagnostic (action entropy, value loss, IDM's metrics) per run over
 spans of env steps, as mean (min to max):
@@ -379,15 +383,18 @@ def _spread_markdown(points, steps, x, y):
   return lines
 
 
+def _rank(method):
+  # Upstream, ours, then the presets: first place wins (PRESETS repeats ours).
+  order = {m: i for i, m in enumerate(dict.fromkeys(
+      ('upstream_dreamer', FROZEN, 'dreamer', 'idm') + PRESETS))}
+  return order.get(method, len(order)), method
+
+
 def scores_markdown(entries, every=5_000, tolerance=1_000):
   """Per task: test return of each run at every `every` env steps (the
   evaluation within `tolerance` steps, else blank), then the learning check."""
   lines = []
-  # Upstream, ours, then the presets: first place wins (PRESETS repeats ours).
-  order = {m: i for i, m in enumerate(dict.fromkeys(
-      ('upstream_dreamer', FROZEN, 'dreamer', 'idm') + PRESETS))}
-  rank = lambda m: (order.get(m, len(order)), m)
-  key = lambda e: (*rank(e['method']), e['seed'])
+  key = lambda e: (*_rank(e['method']), e['seed'])
   for task in sorted({e['task'] for e in entries}):
     runs = sorted([e for e in entries if e['task'] == task], key=key)
     last = max(max(e['xs']) for e in runs)
@@ -421,7 +428,7 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
               'end: min to max | mean first to mean end: learns |',
               '| --- ' * 5 + '|']
     ends, learned = {}, {}
-    for method in sorted({e['method'] for e in runs}, key=rank):
+    for method in sorted({e['method'] for e in runs}, key=_rank):
       checks = [learning_check(e['ys']) for e in runs if e['method'] == method]
       ends[method] = [c['end'] for c in checks]
       learned[method] = [c['learns'] for c in checks]
@@ -505,10 +512,17 @@ def main(argv):
                       'at or before this env step')
   parser.add_argument('--spans', nargs='+', type=int, metavar='STEP',
                       help='with --diagnostics: span edges in env steps '
-                      '(default: every 10K to the last step logged)')
+                      '(default: every 10K to the last step logged); with '
+                      '--scores: each run\'s test return over those spans')
   args = parser.parse_args(argv)
-  if args.spans and not args.diagnostics:
-    print('Error: --spans needs --diagnostics.', file=sys.stderr)
+  if args.spans and not (args.diagnostics or args.scores):
+    print('Error: --spans needs --diagnostics or --scores.', file=sys.stderr)
+    return 2
+  edges = args.spans
+  if edges and (len(edges) < 2 or any(
+      b <= a for a, b in zip(edges, edges[1:]))):
+    print('Error: --spans needs two or more increasing env steps, e.g. '
+          '--spans 20000 35000 75000.', file=sys.stderr)
     return 2
   if args.until is not None and not args.scores:
     print('Error: --until needs --scores.', file=sys.stderr)
@@ -520,14 +534,9 @@ def main(argv):
     except ValueError as e:
       print(f'Error: {e}', file=sys.stderr)
       return 2
-    edges = args.spans
     if not edges:
       last = max(s for c in runs.values() for v in c.values() for s, _ in v)
       edges = list(range(0, last + 10_000, 10_000))
-    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
-      print('Error: --spans needs two or more increasing env steps, e.g. '
-            '--spans 20000 35000 75000.', file=sys.stderr)
-      return 2
     print(spans_markdown(runs, edges))
     return 0
   if args.scores:
@@ -541,7 +550,17 @@ def main(argv):
         print(f'Error: no run has an evaluation at or before --until '
               f'{args.until}.', file=sys.stderr)
         return 2
-    print(scores_markdown(entries))
+    if edges:
+      # Every evaluation in a span counts, not only the last three: a
+      # steadier measure of a stretch of a run than the bar's end.
+      tasks = len({e['task'] for e in entries}) > 1
+      runs = {(f'{e["task"]} ' if tasks else '') + f'{e["method"]} '
+              f'{e["seed"]}': {'test/return': list(zip(e['xs'], e['ys']))}
+              for e in sorted(entries, key=lambda e: (
+                  e['task'], *_rank(e['method']), e['seed']))}
+      print(spans_markdown(runs, edges))
+    else:
+      print(scores_markdown(entries))
     return 0
   if not args.root:
     print('Error: pass --root (a sweep root) or --scores (a scores file).',

@@ -204,6 +204,19 @@ def test_diagnostic_spans_hold_their_lower_edge_and_the_last_both(
   assert tables.main(['--diagnostics', str(saved), '--spans', '20', '0']) == 2
   assert 'increasing' in capsys.readouterr().err
   assert tables.main(['--spans', '0', '20']) == 2
+  assert 'needs --diagnostics or --scores' in capsys.readouterr().err
+  # From a scores file: each run's test return over the spans, every
+  # evaluation counted.
+  scores = tmp_path / 'scores.json'
+  scores.write_text(json.dumps([dict(
+      task='dmc_cartpole_balance', method='idm', seed=3,
+      xs=[5000, 20000, 30000, 38000], ys=[136, 300, 100, 200])]))
+  assert tables.main(['--scores', str(scores), '--spans', '0', '20000',
+                      '38000']) == 0
+  assert ('| idm 3 | 136 (136 to 136) | 200 (100 to 300) |'
+          in capsys.readouterr().out)
+  assert tables.main(['--scores', str(scores), '--spans', '20000']) == 2
+  assert 'increasing' in capsys.readouterr().err
 
 
 def test_learning_check_uses_the_mean_of_the_last_three_evaluations(capsys):
