@@ -328,11 +328,16 @@ LAST_EVALS, LEARN_RATIO, LEARN_GAIN = 3, 1.5, 100
 FROZEN = 'upstream_dreamer_frozen_noise'
 
 
-def learning_check(ys):
-  """First evaluation, end return, ratio, gain and the bar's verdict."""
-  first, end = float(ys[0]), float(np.mean(ys[-LAST_EVALS:]))
+def bar(first, end):
+  """The check's bar on a first return and an end return."""
+  first, end = float(first), float(end)
   return dict(first=first, end=end, ratio=end / first, gain=end - first,
               learns=end >= LEARN_RATIO * first and end - first >= LEARN_GAIN)
+
+
+def learning_check(ys):
+  """First evaluation, end return, ratio, gain and the bar's verdict."""
+  return bar(ys[0], np.mean(ys[-LAST_EVALS:]))
 
 
 def _p_value(p):
@@ -432,13 +437,12 @@ def scores_markdown(entries, every=5_000, tolerance=1_000):
       checks = [learning_check(e['ys']) for e in runs if e['method'] == method]
       ends[method] = [c['end'] for c in checks]
       learned[method] = [c['learns'] for c in checks]
-      first, end = np.mean([c['first'] for c in checks]), np.mean(ends[method])
-      whole = learning_check([first, end, end, end])
+      whole = bar(np.mean([c['first'] for c in checks]), np.mean(ends[method]))
       lines.append(
           f'| {method} | {sum(learned[method])} of {len(checks)} '
           f'| {_t_estimate(ends[method])} | '
           f'{min(ends[method]):.0f} to {max(ends[method]):.0f} | '
-          f'{first:.0f} to {end:.0f} ({whole["ratio"]:.2f} x, '
+          f'{whole["first"]:.0f} to {whole["end"]:.0f} ({whole["ratio"]:.2f} x, '
           f'{whole["gain"]:+.0f}): {"yes" if whole["learns"] else "no"} |')
     # Each program against the one it extends, seed by seed end values; the
     # runs of upstream under the shim that froze its RSSM noise against both.
